@@ -1,0 +1,290 @@
+"""The ``easyfaas`` command line.
+
+Exit codes scripts can rely on: 0 ok; 1 error; 2 usage error; 3 not found; 4 the function
+failed (its error is printed); 5 the engine is unreachable; 78 bad configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import httpx
+
+from easyfaas.client import ApiError, EngineClient, load_function_dir
+from easyfaas.errors import ConfigurationError, EasyFaaSError
+
+__all__ = ["main"]
+
+EXIT_ERROR, EXIT_NOT_FOUND, EXIT_FUNCTION_ERROR, EXIT_UNREACHABLE, EXIT_CONFIG = 1, 3, 4, 5, 78
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _emit(ctx: click.Context, value: Any, human: str) -> None:
+    if ctx.obj["output"] == "json":
+        click.echo(json.dumps(value, indent=2))
+    else:
+        click.echo(human)
+
+
+class _Client:
+    """Opens the API client lazily and turns its errors into exit codes."""
+
+    def __init__(self, endpoint: str | None) -> None:
+        self.endpoint = endpoint
+
+    def __enter__(self) -> EngineClient:
+        self.client = EngineClient(self.endpoint)
+        return self.client
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        self.client.close()
+        if isinstance(exc, ApiError):
+            _fail(str(exc), EXIT_NOT_FOUND if exc.status == 404 else EXIT_ERROR)
+        if isinstance(exc, httpx.TransportError):
+            _fail(f"cannot reach the engine at {self.client.endpoint}: {exc} (is `easyfaas up` running?)", EXIT_UNREACHABLE)
+        if isinstance(exc, EasyFaaSError):
+            _fail(str(exc))
+        return False
+
+
+@click.group()
+@click.option("--endpoint", envvar="EASYFAAS_ENDPOINT", default=None, help="Management API URL (default http://127.0.0.1:9090).")
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", help="Output format.")
+@click.pass_context
+def cli(ctx: click.Context, endpoint: str | None, output: str) -> None:
+    """easyfaas: a light, self-hosted function-compute engine."""
+    ctx.obj = {"endpoint": endpoint, "output": output}
+
+
+@cli.command()
+@click.option("--profile", type=click.Path(path_type=Path), default=None, help="Engine profile (YAML); default: embedded.")
+@click.option("--deploy", "deploy_dirs", multiple=True, type=click.Path(path_type=Path, exists=True),
+              help="Function directory (with function.yaml) to deploy once the engine is up. Repeatable.")  # fmt: skip
+@click.pass_context
+def up(ctx: click.Context, profile: Path | None, deploy_dirs: tuple[Path, ...]) -> None:
+    """Start the engine (controller + funclet) and keep it running until Ctrl-C."""
+    from easyfaas._log import setup_logging
+    from easyfaas.profile import load_profile
+    from easyfaas.supervisor import Supervisor
+
+    setup_logging("easyfaas")
+    try:
+        prof = load_profile(profile)
+    except ConfigurationError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    host, _, port = prof.model.controller.api.rpartition(":")
+    endpoint = ctx.obj["endpoint"] or f"http://{host}:{port}"
+    sup = Supervisor(profile, prof.funclet_socket)
+    signal.signal(signal.SIGTERM, sup.request_stop)
+    signal.signal(signal.SIGINT, sup.request_stop)
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{endpoint}/v1/health", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    sup.start(ready)
+    with EngineClient(endpoint) as client:
+        health = client.health()
+        for directory in deploy_dirs:
+            try:
+                spec, archive = load_function_dir(directory, {})
+                name = str(spec.get("name") or directory.resolve().name)
+                fv = client.deploy(name, spec, archive)
+            except EasyFaaSError as exc:
+                sup.stop()
+                _fail(f"deploying {directory}: {exc}")
+            click.echo(f"deployed {fv['name']} (version {fv['version']}, runtime {fv['runtime']})")
+    urls = [t.get("url") for t in health.get("triggers", {}).values() if t.get("url")]
+    click.echo(f"easyfaas is up: management API {endpoint}/v1, sandbox {health['funclet']['sandbox']}")
+    for url in urls:
+        click.echo(f"HTTP trigger: {url}<name>")
+    for directory in deploy_dirs:
+        spec, _ = load_function_dir(directory, {})
+        name = str(spec.get("name") or directory.resolve().name)
+        if urls:
+            click.echo(f"try it:  curl -s '{urls[0]}{name}?name=you'")
+    click.echo("stop with Ctrl-C", err=True)
+    sys.exit(sup.run())
+
+
+@cli.command()
+@click.pass_context
+def plugins(ctx: click.Context) -> None:
+    """List installed plugins per group, with distribution and version."""
+    from easyfaas.plugin.manager import GROUPS, Plugins
+
+    logging.getLogger("easyfaas.plugin.manager").setLevel(logging.ERROR)
+    found = Plugins().discover()
+    if ctx.obj["output"] == "json":
+        click.echo(json.dumps([info.__dict__ for info in found], indent=2))
+        return
+    for kind, group in GROUPS.items():
+        click.echo(f"{group}:")
+        rows = [info for info in found if info.kind == kind]
+        if not rows:
+            click.echo("  (none)")
+        for info in rows:
+            status = f"  BROKEN: {info.error}" if info.error else ""
+            click.echo(f"  {info.name:<12} {info.distribution} {info.version}{status}")
+
+
+@cli.command()
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """Report kernel features and which sandbox drivers can work here."""
+    from easyfaas.doctor import format_report, kernel_report
+    from easyfaas.plugin.manager import Plugins
+
+    report = kernel_report()
+    host = Plugins()
+    drivers: dict[str, str] = {}
+    for info in host.discover(["sandboxes"]):
+        if info.error:
+            drivers[info.name] = f"broken: {info.error}"
+            continue
+        host.load({"sandboxes": [info.name]})
+        reason = host.get("sandboxes", info.name).availability()
+        drivers[info.name] = "works here" if reason is None else f"unavailable: {reason}"
+    report["sandboxes"] = drivers
+    _emit(ctx, report, format_report(report) + "\nsandbox drivers:\n" + "\n".join(f"  {k:<10} {v}" for k, v in drivers.items()))
+
+
+def _parse_env(values: tuple[str, ...]) -> dict[str, str] | None:
+    env = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
+        env[key] = value
+    return env or None
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("path", type=click.Path(path_type=Path, exists=True))
+@click.option("--runtime", default=None, help="Runtime (default: from function.yaml, else python).")
+@click.option("--handler", default=None, help="module.function (default: from function.yaml, else handler.handler).")
+@click.option("--memory", type=int, default=None, help="Memory limit in MB.")
+@click.option("--timeout", type=float, default=None, help="Timeout in seconds.")
+@click.option("--concurrency", type=int, default=None, help="Max instances.")
+@click.option("--env", "env", multiple=True, help="KEY=VALUE environment variable. Repeatable.")
+@click.pass_context
+def deploy(ctx: click.Context, name: str, path: Path, runtime: str | None, handler: str | None, memory: int | None,
+           timeout: float | None, concurrency: int | None, env: tuple[str, ...]) -> None:  # fmt: skip
+    """Deploy PATH (a directory, zip or tar.gz) as function NAME: a new version."""
+    overrides = {"runtime": runtime, "handler": handler, "memory": memory, "timeout": timeout,
+                 "concurrency": concurrency, "env": _parse_env(env), "name": name}  # fmt: skip
+    with _Client(ctx.obj["endpoint"]) as client:
+        spec, archive = load_function_dir(path, overrides)
+        fv = client.deploy(name, spec, archive)
+    _emit(ctx, fv, f"deployed {fv['name']} version {fv['version']} ({len(archive)} bytes, runtime {fv['runtime']})")
+
+
+@cli.command("list")
+@click.pass_context
+def list_(ctx: click.Context) -> None:
+    """List deployed functions."""
+    with _Client(ctx.obj["endpoint"]) as client:
+        functions = client.list()
+    lines = [f"{'NAME':<24} {'VERSION':<8} {'RUNTIME':<10} HANDLER"]
+    lines += [f"{f['name']:<24} {f['version']:<8} {f['runtime']:<10} {f['handler']}" for f in functions]
+    _emit(ctx, functions, "\n".join(lines))
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_context
+def get(ctx: click.Context, name: str) -> None:
+    """Show one function's latest version."""
+    with _Client(ctx.obj["endpoint"]) as client:
+        fv = client.get(name)
+    _emit(ctx, fv, "\n".join(f"{k}: {v}" for k, v in fv.items()))
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_context
+def delete(ctx: click.Context, name: str) -> None:
+    """Delete a function and all its versions."""
+    with _Client(ctx.obj["endpoint"]) as client:
+        client.delete(name)
+    _emit(ctx, {"deleted": name}, f"deleted {name}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--data", "-d", default=None, help="Event as JSON, or @FILE to read it from a file.")
+@click.option("--log-tail", is_flag=True, help="Also print what the function logged during the call.")
+@click.pass_context
+def invoke(ctx: click.Context, name: str, data: str | None, log_tail: bool) -> None:
+    """Call a function synchronously and print its result."""
+    import base64
+
+    if data is None:
+        payload = b"{}"
+    elif data.startswith("@"):
+        try:
+            payload = Path(data[1:]).read_bytes()
+        except OSError as exc:
+            _fail(f"cannot read {data[1:]}: {exc.strerror}")
+    else:
+        payload = data.encode()
+    try:
+        json.loads(payload)
+    except ValueError as exc:
+        _fail(f"--data is not valid JSON: {exc}", 2)
+    with _Client(ctx.obj["endpoint"]) as client:
+        response = client.invoke(name, payload, log_tail=log_tail)
+    if log_tail and "X-Easyfaas-Log-Result" in response.headers:
+        click.echo(base64.b64decode(response.headers["X-Easyfaas-Log-Result"]).decode(errors="replace"), err=True, nl=False)
+    if response.headers.get("X-Easyfaas-Function-Error"):
+        click.echo(response.text)
+        sys.exit(EXIT_FUNCTION_ERROR)
+    click.echo(response.text)
+
+
+@cli.command()
+@click.pass_context
+def ps(ctx: click.Context) -> None:
+    """List running instances and their states."""
+    with _Client(ctx.obj["endpoint"]) as client:
+        rows = client.instances()
+    lines = [f"{'INSTANCE':<16} {'FUNCTION':<20} {'VER':<5} {'STATE':<9} {'CALLS':>6} {'INIT ms':>8}"]
+    lines += [f"{r['id']:<16} {r['function']:<20} {r['version']:<5} {r['state']:<9} {r['calls']:>6} {r['init_ms']:>8}" for r in rows]
+    _emit(ctx, rows, "\n".join(lines))
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--limit", default=20, show_default=True)
+@click.pass_context
+def activations(ctx: click.Context, name: str | None, limit: int) -> None:
+    """Recent activation records (all functions, or NAME's)."""
+    with _Client(ctx.obj["endpoint"]) as client:
+        rows = client.activations(name, limit=limit)
+    lines = [f"{'ID':<32} {'FUNCTION':<16} {'STATUS':<18} {'ms':>9}"]
+    lines += [f"{r['id']:<32} {r['function']:<16} {r['status']:<18} {r['duration_ms']:>9.2f}" for r in rows]
+    _emit(ctx, rows, "\n".join(lines))
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except ConfigurationError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+
+
+if __name__ == "__main__":
+    main()

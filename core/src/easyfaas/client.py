@@ -1,0 +1,116 @@
+"""``EngineClient``: a small synchronous client of the management API (used by the CLI and tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from easyfaas.errors import EasyFaaSError, FunctionSpecError
+from easyfaas.packaging import pack_directory
+
+__all__ = ["ApiError", "EngineClient", "load_function_dir", "DEFAULT_ENDPOINT"]
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:9090"
+
+
+class ApiError(EasyFaaSError):
+    """The API answered with an error; ``status`` is the HTTP status, ``body`` the JSON error."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = body
+        error = body.get("error", body)
+        super().__init__(f"{error.get('errorType', 'Error')}: {error.get('errorMessage', body)}")
+
+
+def load_function_dir(path: Path, overrides: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The spec (``function.yaml`` in ``path`` if any, then ``overrides``) and the zipped code.
+
+    ``path`` may also be a ``function.yaml`` file, or a ready .zip/.tar.gz package.
+    """
+    spec: dict[str, Any] = {}
+    if path.is_file() and path.name in ("function.yaml", "function.yml"):
+        path = path.parent
+    if path.is_dir():
+        for name in ("function.yaml", "function.yml"):
+            spec_file = path / name
+            if spec_file.is_file():
+                try:
+                    loaded = yaml.safe_load(spec_file.read_text()) or {}
+                except yaml.YAMLError as exc:
+                    raise FunctionSpecError(f"{spec_file}: not valid YAML: {exc}") from exc
+                if not isinstance(loaded, dict):
+                    raise FunctionSpecError(f"{spec_file}: must be a mapping of spec fields")
+                spec.update(loaded)
+                break
+        archive = pack_directory(path)
+    elif path.is_file():
+        archive = path.read_bytes()
+    else:
+        raise FunctionSpecError(f"{path}: no such file or directory")
+    spec.update({k: v for k, v in overrides.items() if v is not None})
+    return spec, archive
+
+
+class EngineClient:
+    def __init__(self, endpoint: str | None = None, *, token: str | None = None, timeout: float = 60.0) -> None:
+        self.endpoint = (endpoint or os.environ.get("EASYFAAS_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.endpoint, timeout=timeout, headers=headers)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> EngineClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"error": {"errorType": "HTTPError", "errorMessage": response.text}}
+            raise ApiError(response.status_code, body)
+        return response
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/v1/health").json())
+
+    def deploy(self, name: str, spec: dict[str, Any], archive: bytes) -> dict[str, Any]:
+        files = {"spec": (None, json.dumps(spec), "application/json"), "code": ("code.zip", archive, "application/zip")}
+        return dict(self._request("PUT", f"/v1/functions/{name}", files=files).json())
+
+    def list(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/functions").json()["functions"])
+
+    def get(self, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/v1/functions/{name}").json())
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        return list(self._request("GET", f"/v1/functions/{name}/versions").json()["versions"])
+
+    def delete(self, name: str) -> None:
+        self._request("DELETE", f"/v1/functions/{name}")
+
+    def invoke(self, name: str, event: bytes, *, log_tail: bool = False) -> httpx.Response:
+        """The raw response: a function error is a 200 with ``X-Easyfaas-Function-Error``."""
+        params = {"log": "tail"} if log_tail else {}
+        return self._request("POST", f"/v1/functions/{name}/invoke", content=event, params=params)
+
+    def instances(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/instances").json()["instances"])
+
+    def activations(self, function: str | None = None, *, limit: int = 50, since: int = 0) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, "since": since}
+        if function:
+            params["function"] = function
+        return list(self._request("GET", "/v1/activations", params=params).json()["activations"])

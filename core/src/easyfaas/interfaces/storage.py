@@ -1,0 +1,56 @@
+"""The ``CodeStore`` ABC: where functions, their versions and their code live."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+from easyfaas.models import FunctionSpec, FunctionVersion
+
+__all__ = ["CodeStore", "LATEST"]
+
+LATEST = "$LATEST"
+
+
+class CodeStore(ABC):
+    """A function registry with code. Loaded by the controller.
+
+    Every ``put`` creates a new immutable version (``"1"``, ``"2"``, ...); ``$LATEST`` names
+    the newest. ``FunctionVersion.code_dir`` is a directory on this node holding the
+    version's unpacked code, which the funclet mounts read-only; it must not change
+    while the version exists.
+
+    Options from the profile (``storage: {stubs: {path: ...}}``) arrive as keyword
+    arguments, with ``data_dir`` (the node's data directory) always passed.
+    """
+
+    PLUGIN_NAME: ClassVar[str]
+
+    def __init__(self, *, data_dir: Path, **options: Any) -> None:
+        if options:
+            raise TypeError(f"storage {self.PLUGIN_NAME!r} takes no options, got {sorted(options)}")
+        self.data_dir = data_dir
+
+    @abstractmethod
+    async def put(self, spec: FunctionSpec, code_dir: Path) -> FunctionVersion:
+        """Store a new version from an unpacked, already validated code directory (copied)."""
+
+    @abstractmethod
+    async def get(self, name: str, version: str = LATEST) -> FunctionVersion:
+        """One version; ``FunctionNotFoundError`` if the function or version is unknown."""
+
+    @abstractmethod
+    async def list(self) -> list[FunctionVersion]:
+        """The latest version of every function, sorted by name."""
+
+    @abstractmethod
+    async def versions(self, name: str) -> list[FunctionVersion]:
+        """Every version of one function, oldest first; ``FunctionNotFoundError`` if unknown."""
+
+    @abstractmethod
+    async def delete(self, name: str) -> None:
+        """Remove a function and all its versions; ``FunctionNotFoundError`` if unknown."""
+
+    async def close(self) -> None:
+        """Release resources; called once at shutdown."""

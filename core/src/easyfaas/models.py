@@ -1,0 +1,150 @@
+"""Plain data the engine's parts hand to each other: function specs, versions, sandboxes.
+
+Specs are validated with pydantic (they come from users); the rest are frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "NAME_RE",
+    "HttpRoute",
+    "FunctionSpec",
+    "FunctionVersion",
+    "SandboxInfo",
+    "WarmupSpec",
+    "SandboxStats",
+    "SandboxEvent",
+]
+
+#: Function names: what URLs and file names can carry without escaping.
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+_HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\.[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class HttpRoute(BaseModel):
+    """An extra HTTP path the HTTP trigger routes to the function (besides /function/NAME)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    path: str
+    methods: list[str] = Field(default_factory=lambda: ["ANY"])
+
+
+class FunctionSpec(BaseModel):
+    """What a user deploys (DESIGN §6). Limits are documented in docs/functions.md."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    runtime: str = "python"
+    handler: str = "handler.handler"
+    memory: int = Field(128, ge=16, le=10240, description="memory limit in MB")
+    timeout: float = Field(30.0, gt=0, le=900, description="seconds")
+    env: dict[str, str] = Field(default_factory=dict)
+    concurrency: int = Field(10, ge=1, le=1000, description="max instances")
+    instance_concurrency: int = Field(1, ge=1, le=1000, description="calls per instance")
+    min_warm: int = Field(0, ge=0, le=1000)
+    keep_alive: float | None = Field(None, ge=0, le=86400, description="idle seconds before an instance retires")
+    routes: list[HttpRoute] = Field(default_factory=list)
+    public: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError("must start with a letter and hold only letters, digits, '-' and '_' (at most 64)")
+        return value
+
+    @field_validator("handler")
+    @classmethod
+    def _check_handler(cls, value: str) -> str:
+        if not _HANDLER_RE.match(value):
+            raise ValueError("must look like 'module.function' (dotted module path, then the function name)")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not key or "=" in key or "\0" in key:
+                raise ValueError(f"environment variable name {key!r} is invalid")
+        return value
+
+
+@dataclass(frozen=True)
+class FunctionVersion:
+    """One immutable deployed version of a function, as a code store returns it."""
+
+    spec: FunctionSpec
+    version: str
+    code_dir: str
+    code_sha256: str
+    created_at: float
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def key(self) -> str:
+        """Identity of the code+config an instance runs: never shared across versions."""
+        return f"{self.spec.name}:{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.spec.model_dump(mode="json"),
+            "version": self.version,
+            "code_sha256": self.code_sha256,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """A sandbox as the driver reports it. ``socket_path`` is the runner's socket, on the host."""
+
+    id: str
+    runtime: str
+    socket_path: str
+    pid: int
+    state: str = "generic"  # generic | bound
+    function_key: str = ""
+
+
+@dataclass(frozen=True)
+class WarmupSpec:
+    """What the funclet asks a driver to bind to a generic sandbox."""
+
+    function_key: str
+    code_dir: str  # on the host
+    memory_mb: int
+    timeout_s: float
+    pids_max: int = 64
+    cpu_share: float = 1.0  # in CPUs
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SandboxStats:
+    id: str
+    memory_rss: int
+    memory_uss: int
+    memory_peak: int
+    cpu_seconds: float
+    pids: int
+
+
+@dataclass(frozen=True)
+class SandboxEvent:
+    """Something happened to a sandbox outside of a request: it exited, was OOM-killed, ..."""
+
+    sandbox_id: str
+    kind: str  # exited | oom_killed | unhealthy
+    exit_code: int | None = None
+    signal: int | None = None
+    message: str = ""

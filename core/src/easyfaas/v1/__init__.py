@@ -1,0 +1,1 @@
+"""Generated gRPC and protobuf code (scripts/gen-proto); shared by controller and funclet."""

@@ -1,0 +1,113 @@
+"""Framing of the runtime protocol: the messages between the engine and a runner.
+
+This module imports only the standard library: runners inside a sandbox load it by
+file path (see ``docs/runtime-protocol.md``), without the engine's dependencies.
+
+A frame is a 13-byte header followed by two parts::
+
+    !I request id   !I meta length   !I body length   !B kind
+    meta: UTF-8 JSON object (may be empty: length 0 means {})
+    body: opaque bytes (the event, the result, ...)
+
+Request ids let one connection carry many calls at once; 0 is used by messages
+that belong to no call (HELLO, LOAD, PING).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from typing import Any
+
+__all__ = [
+    "HEADER",
+    "MAX_FRAME",
+    "Kind",
+    "FrameError",
+    "encode",
+    "decode_header",
+    "decode_meta",
+    "recv_frame",
+    "send_frame",
+]
+
+HEADER = struct.Struct("!IIIB")
+#: Largest meta+body a peer accepts; a bigger frame is a protocol error, not an allocation.
+MAX_FRAME = 64 * 1024 * 1024
+
+
+class Kind:
+    """Message kinds. Engine → runner: LOAD, INVOKE, PING, SHUTDOWN; runner → engine: the rest."""
+
+    LOAD = 1  # meta: {code_dir, handler, function, version, memory_mb, env}
+    LOADED = 2  # meta: {init_ms}
+    LOAD_ERROR = 3  # meta: {type, message, stack}
+    INVOKE = 4  # meta: {request_id, deadline_ms, ...}; body: JSON event
+    RESULT = 5  # meta: {raw, logs, truncated, duration_ms}; body: JSON result or raw bytes
+    ERROR = 6  # meta: {type, message, stack, logs}
+    PING = 7
+    PONG = 8
+    SHUTDOWN = 9
+
+
+class FrameError(Exception):
+    """A peer sent bytes that are not a valid frame; the connection must be closed."""
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode(kind: int, request_id: int = 0, meta: dict[str, Any] | None = None, body: bytes = b"") -> bytes:
+    """Return one frame as bytes."""
+    meta_bytes = _dumps(meta).encode() if meta else b""
+    return HEADER.pack(request_id, len(meta_bytes), len(body), kind) + meta_bytes + body
+
+
+def decode_header(header: bytes) -> tuple[int, int, int, int]:
+    """Return (request_id, meta_len, body_len, kind), refusing oversized frames."""
+    request_id, meta_len, body_len, kind = HEADER.unpack(header)
+    if meta_len + body_len > MAX_FRAME:
+        raise FrameError(f"frame of {meta_len + body_len} bytes exceeds the {MAX_FRAME}-byte limit")
+    return request_id, meta_len, body_len, kind
+
+
+def decode_meta(meta_bytes: bytes) -> dict[str, Any]:
+    if not meta_bytes:
+        return {}
+    try:
+        meta = json.loads(meta_bytes)
+    except ValueError as exc:
+        raise FrameError(f"frame meta is not JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise FrameError("frame meta is not a JSON object")
+    return meta
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    if n == 0:
+        return b""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise EOFError("peer closed the connection")
+        got += k
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket) -> tuple[int, int, dict[str, Any], bytes]:
+    """Blocking read of one frame: (kind, request_id, meta, body). EOFError at end of stream."""
+    request_id, meta_len, body_len, kind = decode_header(_recv_exact(sock, HEADER.size))
+    meta = decode_meta(_recv_exact(sock, meta_len))
+    body = _recv_exact(sock, body_len)
+    return kind, request_id, meta, body
+
+
+def send_frame(
+    sock: socket.socket, kind: int, request_id: int = 0, meta: dict[str, Any] | None = None, body: bytes = b""
+) -> None:
+    """Blocking write of one frame."""
+    sock.sendall(encode(kind, request_id, meta, body))

@@ -1,0 +1,182 @@
+"""The HTTP trigger: ``ANY /function/{name}[/{path}]`` becomes a call to the function.
+
+Events have the shape of AWS Lambda function URLs / API Gateway HTTP API payload 2.0, so
+handlers written for those run unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+from uuid import uuid4
+
+from aiohttp import web
+
+from easyfaas.errors import EasyFaaSError, FunctionNotFoundError, InvocationError, ThrottledError
+from easyfaas.interfaces import InvocationResult, Invoker, Trigger
+
+__all__ = ["HttpTrigger", "build_event", "build_response"]
+
+REQUEST_ID_HEADER = "X-Easyfaas-Request-Id"
+_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript", "application/x-www-form-urlencoded")
+
+
+def _is_text(content_type: str) -> bool:
+    return not content_type or content_type.startswith(_TEXT_TYPES) or content_type.endswith(("+json", "+xml"))
+
+
+def build_event(request: web.Request, raw_path: str, body: bytes, request_id: str) -> dict[str, Any]:
+    """The payload-2.0 event for one request; ``raw_path`` is the part after /function/NAME."""
+    headers: dict[str, str] = {}
+    for key, value in request.headers.items():
+        k = key.lower()
+        headers[k] = f"{headers[k]},{value}" if k in headers else value
+    cookies = [c.strip() for c in headers.pop("cookie", "").split(";") if c.strip()]
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": raw_path,
+        "rawQueryString": request.query_string,
+        "headers": headers,
+        "requestContext": {
+            "http": {
+                "method": request.method,
+                "path": raw_path,
+                "protocol": f"HTTP/{request.version.major}.{request.version.minor}",
+                "sourceIp": request.remote or "",
+                "userAgent": headers.get("user-agent", ""),
+            },
+            "requestId": request_id,
+            "routeKey": "$default",
+            "stage": "$default",
+            "domainName": request.host,
+            "timeEpoch": int(time.time() * 1000),
+        },
+        "isBase64Encoded": False,
+    }
+    if cookies:
+        event["cookies"] = cookies
+    if request.query_string:
+        params: dict[str, str] = {}
+        for key, value in request.query.items():
+            params[key] = f"{params[key]},{value}" if key in params else value
+        event["queryStringParameters"] = params
+    if body:
+        if _is_text(request.content_type):
+            try:
+                event["body"] = body.decode("utf-8")
+            except UnicodeDecodeError:
+                event["body"], event["isBase64Encoded"] = base64.b64encode(body).decode(), True
+        else:
+            event["body"], event["isBase64Encoded"] = base64.b64encode(body).decode(), True
+    return event
+
+
+def build_response(result: InvocationResult) -> web.Response:
+    """A handler's ``{statusCode, headers, body, isBase64Encoded, cookies}`` is the response;
+    any other value is returned as JSON with 200; bytes are returned untouched."""
+    headers = {REQUEST_ID_HEADER: result.request_id}
+    if result.raw:
+        return web.Response(body=result.body, headers=headers, content_type="application/octet-stream")
+    body = result.body
+    if body[:1] == b"{" and b'"statusCode"' in body:
+        value = json.loads(body)
+        if isinstance(value, dict) and "statusCode" in value:
+            return _shaped_response(value, headers)
+    return web.Response(body=body, headers=headers, content_type="application/json")
+
+
+def _shaped_response(value: dict[str, Any], headers: dict[str, str]) -> web.Response:
+    try:
+        status = int(value["statusCode"])
+    except (TypeError, ValueError):
+        return _error(502, "InvalidResponse", f"statusCode {value['statusCode']!r} is not an integer", headers)
+    out_headers: dict[str, str] = {str(k): str(v) for k, v in (value.get("headers") or {}).items()}
+    out_headers.update(headers)
+    raw_body = value.get("body", "")
+    if value.get("isBase64Encoded"):
+        try:
+            payload = base64.b64decode(raw_body)
+        except (ValueError, TypeError):
+            return _error(502, "InvalidResponse", "body is not valid base64", headers)
+    elif isinstance(raw_body, str):
+        payload = raw_body.encode()
+    else:
+        payload = json.dumps(raw_body).encode()
+        out_headers.setdefault("Content-Type", "application/json")
+    response = web.Response(status=status, body=payload, headers=out_headers)
+    for cookie in value.get("cookies") or []:
+        response.headers.add("Set-Cookie", str(cookie))
+    return response
+
+
+def _error(
+    http_status: int, error_type: str, message: str, headers: dict[str, str], extra: dict[str, Any] | None = None
+) -> web.Response:
+    body = {"errorType": error_type, "errorMessage": message, **(extra or {})}
+    return web.json_response({"error": body}, status=http_status, headers=headers)
+
+
+class HttpTrigger(Trigger):
+    """Options: ``listen`` (host:port, default 0.0.0.0:8080), ``max_body`` (bytes, default 6 MiB)."""
+
+    PLUGIN_NAME = "http"
+
+    def __init__(self, *, listen: str = "0.0.0.0:8080", max_body: int = 6 * 2**20) -> None:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"listen must be host:port, got {listen!r}")
+        self.host, self.port = host, int(port)
+        self.max_body = max_body
+        self._runner: web.AppRunner | None = None
+        self._invoker: Invoker | None = None
+
+    async def start(self, invoker: Invoker) -> None:
+        self._invoker = invoker
+        app = web.Application(client_max_size=self.max_body)
+        app.router.add_route("*", "/function/{name}", self._handle)
+        app.router.add_route("*", "/function/{name}/{path:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        if self.port == 0:  # bound to a free port: remember which one
+            server = getattr(site, "_server", None)
+            if server is not None and server.sockets:
+                self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            # Stops listening, then waits for in-flight requests (aiohttp's shutdown timeout).
+            await self._runner.cleanup()
+            self._runner = None
+
+    def describe(self) -> dict[str, Any]:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return {"url": f"http://{host}:{self.port}/function/"}
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        assert self._invoker is not None
+        name = request.match_info["name"]
+        path = "/" + request.match_info.get("path", "")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "PayloadTooLarge", f"the request body is over {self.max_body} bytes", {})
+        rid = request.headers.get(REQUEST_ID_HEADER) or uuid4().hex
+        event = build_event(request, path, body, rid)
+        try:
+            result = await self._invoker.invoke(name, event, trigger="http", request_id=rid)
+        except FunctionNotFoundError as exc:
+            return _error(404, "FunctionNotFound", str(exc), {REQUEST_ID_HEADER: rid})
+        except ThrottledError as exc:
+            return _error(429, exc.error_type, exc.message, {REQUEST_ID_HEADER: rid, "Retry-After": str(exc.retry_after)})
+        except InvocationError as exc:
+            details = exc.to_dict()
+            extra = {k: v for k, v in details.items() if k not in ("errorType", "errorMessage", "logs")}
+            return _error(exc.http_status, str(details["errorType"]), exc.message, {REQUEST_ID_HEADER: rid}, extra)
+        except EasyFaaSError as exc:
+            return _error(500, "PlatformError", str(exc), {REQUEST_ID_HEADER: rid})
+        return build_response(result)
