@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from easyfaas.sockets import connect_unix
 from easyfaas.wire import HEADER, decode_header, decode_meta, encode
 
 __all__ = ["read_frame", "request"]
@@ -22,7 +23,8 @@ async def request(
     socket_path: str, kind: int, meta: dict[str, Any] | None = None, body: bytes = b"", *, timeout: float
 ) -> tuple[int, dict[str, Any], bytes]:
     """One request/reply exchange on a fresh connection (control messages such as LOAD)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(socket_path), timeout)
+    sock = await asyncio.wait_for(connect_unix(socket_path), timeout)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
     try:
         writer.write(encode(kind, 0, meta, body))
         out_kind, _rid, out_meta, out_body = await asyncio.wait_for(read_frame(reader), timeout)

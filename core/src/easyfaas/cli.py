@@ -46,7 +46,7 @@ class _Client:
         self.client = EngineClient(self.endpoint)
         return self.client
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self.client.close()
         if isinstance(exc, ApiError):
             _fail(str(exc), EXIT_NOT_FOUND if exc.status == 404 else EXIT_ERROR)
@@ -54,7 +54,6 @@ class _Client:
             _fail(f"cannot reach the engine at {self.client.endpoint}: {exc} (is `easyfaas up` running?)", EXIT_UNREACHABLE)
         if isinstance(exc, EasyFaaSError):
             _fail(str(exc))
-        return False
 
 
 @click.group()

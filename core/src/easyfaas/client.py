@@ -13,9 +13,10 @@ import yaml
 from easyfaas.errors import EasyFaaSError, FunctionSpecError
 from easyfaas.packaging import pack_directory
 
-__all__ = ["ApiError", "EngineClient", "load_function_dir", "DEFAULT_ENDPOINT"]
+__all__ = ["DEFAULT_ENDPOINT", "ApiError", "EngineClient", "load_function_dir"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:9090"
+_Rows = list[dict[str, Any]]  # method ``list`` shadows the builtin inside the class
 
 
 class ApiError(EasyFaaSError):
@@ -89,13 +90,13 @@ class EngineClient:
         files = {"spec": (None, json.dumps(spec), "application/json"), "code": ("code.zip", archive, "application/zip")}
         return dict(self._request("PUT", f"/v1/functions/{name}", files=files).json())
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> _Rows:
         return list(self._request("GET", "/v1/functions").json()["functions"])
 
     def get(self, name: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/v1/functions/{name}").json())
 
-    def versions(self, name: str) -> list[dict[str, Any]]:
+    def versions(self, name: str) -> _Rows:
         return list(self._request("GET", f"/v1/functions/{name}/versions").json()["versions"])
 
     def delete(self, name: str) -> None:
@@ -106,10 +107,10 @@ class EngineClient:
         params = {"log": "tail"} if log_tail else {}
         return self._request("POST", f"/v1/functions/{name}/invoke", content=event, params=params)
 
-    def instances(self) -> list[dict[str, Any]]:
+    def instances(self) -> _Rows:
         return list(self._request("GET", "/v1/instances").json()["instances"])
 
-    def activations(self, function: str | None = None, *, limit: int = 50, since: int = 0) -> list[dict[str, Any]]:
+    def activations(self, function: str | None = None, *, limit: int = 50, since: int = 0) -> _Rows:
         params: dict[str, Any] = {"limit": limit, "since": since}
         if function:
             params["function"] = function

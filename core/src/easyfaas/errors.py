@@ -24,23 +24,23 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "EasyFaaSError",
     "ConfigurationError",
-    "ProfileError",
-    "PluginNotFoundError",
-    "PluginError",
-    "FunctionSpecError",
-    "FunctionNotFoundError",
-    "SandboxError",
+    "EasyFaaSError",
     "FuncletUnavailableError",
-    "InvocationError",
     "FunctionError",
-    "LoadError",
-    "InstanceCrashedError",
+    "FunctionNotFoundError",
+    "FunctionSpecError",
     "FunctionTimeoutError",
-    "ThrottledError",
+    "InstanceCrashedError",
+    "InvocationError",
+    "LoadError",
     "PayloadTooLargeError",
     "PlatformError",
+    "PluginError",
+    "PluginNotFoundError",
+    "ProfileError",
+    "SandboxError",
+    "ThrottledError",
 ]
 
 

@@ -13,13 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "NAME_RE",
-    "HttpRoute",
     "FunctionSpec",
     "FunctionVersion",
-    "SandboxInfo",
-    "WarmupSpec",
-    "SandboxStats",
+    "HttpRoute",
     "SandboxEvent",
+    "SandboxInfo",
+    "SandboxStats",
+    "WarmupSpec",
 ]
 
 #: Function names: what URLs and file names can carry without escaping.

@@ -149,7 +149,7 @@ def _unpack_zip(data: bytes, dest: Path, limits: PackageLimits) -> None:
 
 def _unpack_tar(data: bytes, dest: Path, limits: PackageLimits) -> None:
     try:
-        tf = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
+        tf = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")  # noqa: SIM115 - in-memory, closed with the buffer
         members = tf.getmembers()
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise FunctionSpecError(f"the tar archive is corrupt: {exc}") from exc

@@ -16,8 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from easyfaas.errors import ProfileError
+from easyfaas.sockets import short_path
 
-__all__ = ["DEFAULT_PROFILE", "Profile", "EngineProfile", "load_profile", "parse_duration", "parse_size"]
+__all__ = ["DEFAULT_PROFILE", "EngineProfile", "Profile", "load_profile", "parse_duration", "parse_size"]
 
 DEFAULT_PROFILE = """\
 # The embedded default: one node, everything local.
@@ -139,12 +140,16 @@ class FuncletSection(_Section):
         return value
 
 
+def _section(name: str, options: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    return {name: options}
+
+
 class EngineProfile(_Section):
     node: NodeSection = Field(default_factory=NodeSection)
     controller: ControllerSection = Field(default_factory=ControllerSection)
     funclet: FuncletSection = Field(default_factory=FuncletSection)
-    storage: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: {"stubs": {}})
-    triggers: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: {"http": {"listen": "0.0.0.0:8080"}})
+    storage: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: _section("stubs", {}))
+    triggers: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: _section("http", {"listen": "0.0.0.0:8080"}))
     runtimes: list[str] | dict[str, dict[str, Any] | None] = Field(default_factory=lambda: ["python"])
 
     @field_validator("storage")
@@ -188,7 +193,7 @@ class Profile:
     @property
     def funclet_socket(self) -> Path:
         sock = self.model.funclet.socket
-        return (self.base_dir / sock).resolve() if sock else self.data_dir / "funclet.sock"
+        return (self.base_dir / sock).resolve() if sock else short_path(self.data_dir / "funclet.sock", "funclet.sock")
 
     @property
     def sandbox(self) -> tuple[str, dict[str, Any]]:
@@ -216,12 +221,12 @@ class Profile:
 
     def check_plugin_options(self, path: tuple[str, ...], cls: type, options: dict[str, Any]) -> None:
         """Match a plugin section against its constructor: unknown and missing keys are errors."""
-        params = inspect.signature(cls.__init__).parameters
+        params = inspect.signature(cls).parameters
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
         named = {n for n, p in params.items() if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
         injected = {"state_dir", "data_dir"}
         problems = []
-        if not accepts_any or cls.__init__ is object.__init__:
+        if not accepts_any:
             for key in options:
                 if key not in named or key in injected:
                     allowed = ", ".join(sorted(named - injected)) or "none"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Child", "Supervisor", "EX_CONFIG"]
+__all__ = ["EX_CONFIG", "Child", "Supervisor"]
 
 log = logging.getLogger(__name__)
 

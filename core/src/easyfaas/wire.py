@@ -23,11 +23,11 @@ from typing import Any
 __all__ = [
     "HEADER",
     "MAX_FRAME",
-    "Kind",
     "FrameError",
-    "encode",
+    "Kind",
     "decode_header",
     "decode_meta",
+    "encode",
     "recv_frame",
     "send_frame",
 ]
@@ -64,7 +64,7 @@ def encode(kind: int, request_id: int = 0, meta: dict[str, Any] | None = None, b
     return HEADER.pack(request_id, len(meta_bytes), len(body), kind) + meta_bytes + body
 
 
-def decode_header(header: bytes) -> tuple[int, int, int, int]:
+def decode_header(header: bytes | bytearray) -> tuple[int, int, int, int]:
     """Return (request_id, meta_len, body_len, kind), refusing oversized frames."""
     request_id, meta_len, body_len, kind = HEADER.unpack(header)
     if meta_len + body_len > MAX_FRAME:

@@ -11,10 +11,9 @@ import sys
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from easyfaas._log import setup_logging
+from easyfaas.controller.server import run_controller
 from easyfaas.errors import ConfigurationError, EasyFaaSError
 from easyfaas.profile import load_profile
-
-from easyfaas.controller.server import run_controller
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from aiohttp import BodyPartReader, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from easyfaas.controller.engine import Controller
 from easyfaas.errors import (
     EasyFaaSError,
     FunctionError,
@@ -24,8 +25,6 @@ from easyfaas.errors import (
 )
 from easyfaas.interfaces import LATEST
 from easyfaas.models import FunctionSpec
-
-from easyfaas.controller.engine import Controller
 
 __all__ = ["build_app", "error_response"]
 

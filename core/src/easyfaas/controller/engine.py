@@ -20,6 +20,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from easyfaas.controller.activations import ActivationStore
+from easyfaas.controller.funclet_client import FuncletClient
+from easyfaas.controller.instance import STATES
+from easyfaas.controller.registry import FunctionRegistry
+from easyfaas.controller.scheduler import Scheduler
 from easyfaas.errors import (
     EasyFaaSError,
     FuncletUnavailableError,
@@ -35,12 +40,6 @@ from easyfaas.packaging import PackageLimits, unpack
 from easyfaas.plugin.manager import Plugins
 from easyfaas.profile import Profile
 from easyfaas.wire import Kind
-
-from easyfaas.controller.activations import ActivationStore
-from easyfaas.controller.funclet_client import FuncletClient
-from easyfaas.controller.instance import STATES
-from easyfaas.controller.registry import FunctionRegistry
-from easyfaas.controller.scheduler import Scheduler
 
 __all__ = ["Controller"]
 
@@ -126,13 +125,13 @@ class Controller:
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
         profile.check_plugin_options(("storage", store_name), plugins.get("storage", store_name), store_opts)
-        self.store = plugins.create("storage", store_name, CodeStore, data_dir=self.data_dir, **store_opts)
+        self.store = plugins.create_storage(store_name, data_dir=self.data_dir, **store_opts)
         for name, opts in runtime_opts.items():
             profile.check_plugin_options(("runtimes", name), plugins.get("runtimes", name), opts)
-            self.runtimes[name] = plugins.create("runtimes", name, Runtime, **opts)
+            self.runtimes[name] = plugins.create_runtime(name, **opts)
         for name, opts in trigger_opts.items():
             profile.check_plugin_options(("triggers", name), plugins.get("triggers", name), opts)
-            self.triggers[name] = plugins.create("triggers", name, Trigger, **opts)
+            self.triggers[name] = plugins.create_trigger(name, **opts)
 
         self.registry = FunctionRegistry(self.store)
         await self.registry.load()
@@ -184,7 +183,7 @@ class Controller:
             try:
                 self.scheduler.retire_idle()
                 self.scheduler.provision(fv for fv in self.registry.latest() if fv.spec.min_warm)
-            except Exception:  # noqa: BLE001 - housekeeping must survive anything
+            except Exception:
                 log.exception("housekeeping failed")
 
     def _is_current(self, fv: FunctionVersion) -> bool:

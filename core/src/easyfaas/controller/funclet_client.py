@@ -67,7 +67,7 @@ class FuncletClient:
         self._channel = grpc.aio.insecure_channel(
             self.target, options=[("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
         )
-        self._stub = pb_grpc.FuncletStub(self._channel)
+        self._stub = pb_grpc.FuncletStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         await self._channel.close()

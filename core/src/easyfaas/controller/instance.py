@@ -22,9 +22,10 @@ from typing import Any, cast
 
 from easyfaas.errors import InstanceCrashedError, InvocationError
 from easyfaas.models import FunctionVersion, SandboxInfo
+from easyfaas.sockets import connect_unix
 from easyfaas.wire import HEADER, FrameError, decode_header, decode_meta, encode
 
-__all__ = ["Instance", "Reply", "STATES"]
+__all__ = ["STATES", "Instance", "Reply"]
 
 STATES = ("binding", "idle", "busy", "retiring", "dead")
 
@@ -61,8 +62,8 @@ class Instance(asyncio.Protocol):
         return self.state in ("idle", "busy")
 
     async def connect(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.create_unix_connection(lambda: self, self.sandbox.socket_path)
+        sock = await connect_unix(self.sandbox.socket_path)
+        await asyncio.get_running_loop().create_unix_connection(lambda: self, sock=sock)
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from easyfaas.controller.funclet_client import FuncletClient
+from easyfaas.controller.instance import Instance, Reply
 from easyfaas.errors import (
     EasyFaaSError,
     FuncletUnavailableError,
@@ -27,9 +29,6 @@ from easyfaas.errors import (
 )
 from easyfaas.models import FunctionVersion, SandboxEvent
 from easyfaas.wire import Kind
-
-from easyfaas.controller.funclet_client import FuncletClient
-from easyfaas.controller.instance import Instance, Reply
 
 __all__ = ["FunctionPool", "Scheduler"]
 

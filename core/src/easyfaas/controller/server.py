@@ -11,10 +11,9 @@ import signal
 
 from aiohttp import web
 
-from easyfaas.profile import Profile
-
 from easyfaas.controller.api import build_app
 from easyfaas.controller.engine import Controller
+from easyfaas.profile import Profile
 
 __all__ = ["run_controller"]
 

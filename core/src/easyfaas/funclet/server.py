@@ -16,14 +16,13 @@ from typing import Any
 import grpc
 
 from easyfaas.errors import EasyFaaSError, LoadError
-from easyfaas.interfaces import Runtime, SandboxDriver
+from easyfaas.funclet.manager import SandboxManager
+from easyfaas.interfaces import Runtime
 from easyfaas.models import SandboxInfo, WarmupSpec
 from easyfaas.plugin.manager import Plugins
 from easyfaas.profile import Profile
 from easyfaas.v1 import funclet_pb2 as pb
 from easyfaas.v1 import funclet_pb2_grpc as pb_grpc
-
-from easyfaas.funclet.manager import SandboxManager
 
 __all__ = ["FuncletServicer", "build_manager", "choose_sandbox", "run_funclet"]
 
@@ -152,12 +151,12 @@ def build_manager(profile: Profile, plugins: Plugins) -> tuple[SandboxManager, s
     runtimes: dict[str, Runtime] = {}
     for name, opts in runtimes_opts.items():
         profile.check_plugin_options(("runtimes", name), plugins.get("runtimes", name), opts)
-        runtimes[name] = plugins.create("runtimes", name, Runtime, **opts)
+        runtimes[name] = plugins.create_runtime(name, **opts)
     driver_cls = plugins.get("sandboxes", sandbox_name)
     profile.check_plugin_options(("funclet", "sandbox", sandbox_name), driver_cls, options)
     state_dir = profile.data_dir / "sandboxes" / sandbox_name
     state_dir.mkdir(parents=True, exist_ok=True)
-    driver = plugins.create("sandboxes", sandbox_name, SandboxDriver, state_dir=state_dir, **options)
+    driver = plugins.create_sandbox(sandbox_name, state_dir=state_dir, **options)
     if sandbox_name == "process":
         log.warning(PROCESS_WARNING)
     pool = {name: size for name, size in profile.model.funclet.pool.items() if name in runtimes}
@@ -175,7 +174,8 @@ async def run_funclet(profile: Profile, *, ready: asyncio.Event | None = None) -
 
     await manager.start()
     server = grpc.aio.server()
-    pb_grpc.add_FuncletServicer_to_server(FuncletServicer(manager, profile.model.node.name, sandbox_name), server)
+    servicer = FuncletServicer(manager, profile.model.node.name, sandbox_name)
+    pb_grpc.add_FuncletServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     server.add_insecure_port(f"unix:{socket_path}")
     await server.start()
     os.chmod(socket_path, 0o600)

@@ -7,4 +7,4 @@ from easyfaas.interfaces.sandbox import SandboxDriver
 from easyfaas.interfaces.storage import LATEST, CodeStore
 from easyfaas.interfaces.trigger import InvocationResult, Invoker, Trigger
 
-__all__ = ["CodeStore", "InvocationResult", "Invoker", "LATEST", "Runtime", "SandboxDriver", "Trigger"]
+__all__ = ["LATEST", "CodeStore", "InvocationResult", "Invoker", "Runtime", "SandboxDriver", "Trigger"]

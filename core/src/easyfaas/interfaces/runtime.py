@@ -64,5 +64,5 @@ class Runtime(ABC):
         """
         return None
 
-    def check_code(self, code_dir: Path, handler: str) -> None:
+    def check_code(self, code_dir: Path, handler: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise ``FunctionSpecError`` if ``code_dir`` cannot hold ``handler``. Called at deploy."""

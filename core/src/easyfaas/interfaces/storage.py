@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 
 from easyfaas.models import FunctionSpec, FunctionVersion
 
-__all__ = ["CodeStore", "LATEST"]
+__all__ = ["LATEST", "CodeStore"]
 
 LATEST = "$LATEST"
+_Versions = list[FunctionVersion]  # method ``list`` shadows the builtin inside the class
 
 
 class CodeStore(ABC):
@@ -41,16 +42,16 @@ class CodeStore(ABC):
         """One version; ``FunctionNotFoundError`` if the function or version is unknown."""
 
     @abstractmethod
-    async def list(self) -> list[FunctionVersion]:
+    async def list(self) -> _Versions:
         """The latest version of every function, sorted by name."""
 
     @abstractmethod
-    async def versions(self, name: str) -> list[FunctionVersion]:
+    async def versions(self, name: str) -> _Versions:
         """Every version of one function, oldest first; ``FunctionNotFoundError`` if unknown."""
 
     @abstractmethod
     async def delete(self, name: str) -> None:
         """Remove a function and all its versions; ``FunctionNotFoundError`` if unknown."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release resources; called once at shutdown."""

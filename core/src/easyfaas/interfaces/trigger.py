@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-__all__ = ["Trigger", "Invoker", "InvocationResult"]
+__all__ = ["InvocationResult", "Invoker", "Trigger"]
 
 
 @dataclass

@@ -5,15 +5,17 @@ Each engine process builds one ``Plugins`` from the profile; nothing here is glo
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 from stevedore import ExtensionManager
 
 from easyfaas.errors import PluginError, PluginNotFoundError
+from easyfaas.interfaces import CodeStore, Runtime, SandboxDriver, Trigger
 from easyfaas.plugin import PROJECT_NAME, hookspecs
 from easyfaas.plugin._registry import GROUPS, KINDS, SINGULAR, Registry
 
@@ -25,9 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["GROUPS", "KINDS", "PluginInfo", "Plugins", "Registry"]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
 
 def distribution_for(kind: str, name: str) -> str:
     """The distribution that provides a first-party plugin, by naming convention."""
@@ -53,18 +52,18 @@ class Plugins:
         self._pm = pluggy.PluginManager(PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
         self.registry = Registry()
-        self._managers: dict[str, ExtensionManager] = {}
+        self._managers: dict[str, ExtensionManager[Any]] = {}
         self._failures: dict[str, list[PluginInfo]] = {kind: [] for kind in GROUPS}
         self._observes_invocations = False
 
     # -- discovery ---------------------------------------------------------------------
 
-    def _manager(self, kind: str) -> ExtensionManager:
+    def _manager(self, kind: str) -> ExtensionManager[Any]:
         """The stevedore manager of one group; each group is scanned once per process."""
         if kind not in self._managers:
             group = GROUPS[kind]
 
-            def on_failure(_manager: ExtensionManager, entry_point: EntryPoint, exc: BaseException) -> None:
+            def on_failure(_manager: ExtensionManager[Any], entry_point: EntryPoint, exc: BaseException) -> None:
                 log.warning("plugin %r in group %r failed to import and is skipped: %s", entry_point.name, group, exc)
                 self._failures[kind].append(_info(kind, entry_point, error=f"{type(exc).__name__}: {exc}"))
 
@@ -80,7 +79,11 @@ class Plugins:
             manager = self._manager(kind)
             found.extend(_info(kind, ext.entry_point) for ext in manager.extensions)
             found.extend(self._failures[kind])
-        return sorted(found, key=lambda info: (info.kind, info.name))
+        owners = _owners()
+        return sorted(
+            (replace(info, **owners.get((GROUPS[info.kind], info.name, info.target), {})) for info in found),
+            key=lambda info: (info.kind, info.name),
+        )
 
     def load(self, wanted: Mapping[str, Iterable[str]]) -> None:
         """Load and register the named plugins of each kind, e.g. ``{"runtimes": ["python"]}``.
@@ -136,16 +139,28 @@ class Plugins:
                 f"{SINGULAR[kind]} plugin {name!r} is not loaded. Install {distribution_for(kind, name)}"
             ) from None
 
-    def create(self, kind: str, name: str, base: type[T], **options: Any) -> T:
+    def _create(self, kind: str, name: str, **options: Any) -> Any:
         """Construct a plugin class with its profile section; bad options are a ``PluginError``."""
         cls = self.get(kind, name)
         try:
             obj = cls(**options)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise PluginError(f"{SINGULAR[kind]} plugin {name!r} rejected its options: {exc}") from exc
-        if not isinstance(obj, base):
-            raise PluginError(f"{SINGULAR[kind]} plugin {name!r} built {type(obj).__name__}, not a {base.__name__}")
+        if not isinstance(obj, KINDS[kind]):
+            raise PluginError(f"{SINGULAR[kind]} plugin {name!r} built {type(obj).__name__}, not a {KINDS[kind].__name__}")
         return obj
+
+    def create_trigger(self, name: str, **options: Any) -> Trigger:
+        return cast(Trigger, self._create("triggers", name, **options))
+
+    def create_runtime(self, name: str, **options: Any) -> Runtime:
+        return cast(Runtime, self._create("runtimes", name, **options))
+
+    def create_sandbox(self, name: str, **options: Any) -> SandboxDriver:
+        return cast(SandboxDriver, self._create("sandboxes", name, **options))
+
+    def create_storage(self, name: str, **options: Any) -> CodeStore:
+        return cast(CodeStore, self._create("storage", name, **options))
 
     # -- the hook facade ---------------------------------------------------------------
 
@@ -155,6 +170,21 @@ class Plugins:
 
     def instance_event(self, event: SandboxEvent) -> None:
         self._pm.hook.easyfaas_instance_event(event=event)
+
+
+def _owners() -> dict[tuple[str, str, str], dict[str, str]]:
+    """(group, name, target) → distribution name and version, from installed metadata.
+
+    stevedore's cached entry points do not carry their distribution; this lookup is only
+    made for listings (``easyfaas plugins``), never on the engine's start path.
+    """
+    groups = set(GROUPS.values())
+    owners: dict[tuple[str, str, str], dict[str, str]] = {}
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group in groups:
+                owners[(ep.group, ep.name, ep.value)] = {"distribution": dist.name, "version": dist.version}
+    return owners
 
 
 def _info(kind: str, entry_point: EntryPoint, error: str | None = None) -> PluginInfo:

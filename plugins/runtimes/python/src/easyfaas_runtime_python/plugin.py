@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from easyfaas.plugin import Registry, hookimpl
-
 from easyfaas_runtime_python.runtime import PythonRuntime
 
 

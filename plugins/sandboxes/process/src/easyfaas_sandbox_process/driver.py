@@ -22,6 +22,7 @@ import psutil
 from easyfaas.errors import SandboxError
 from easyfaas.interfaces import Runtime, SandboxDriver
 from easyfaas.models import SandboxEvent, SandboxInfo, SandboxStats, WarmupSpec
+from easyfaas.sockets import connect_unix
 
 __all__ = ["ProcessSandbox"]
 
@@ -70,9 +71,10 @@ class ProcessSandbox(SandboxDriver):
         for entry in self.state_dir.iterdir():
             pid_file = entry / "pid"
             if pid_file.is_file():
-                with contextlib.suppress(ValueError, OSError, ProcessLookupError, PermissionError):
+                with contextlib.suppress(ValueError, OSError, psutil.Error):
                     pid = int(pid_file.read_text())
-                    if str(entry) in " ".join(psutil.Process(pid).cmdline()):
+                    # Only if that pid is still one of our runners (pids get reused).
+                    if str(self.state_dir) in " ".join(psutil.Process(pid).cmdline()):
                         os.killpg(pid, signal.SIGKILL)
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -85,7 +87,8 @@ class ProcessSandbox(SandboxDriver):
         directory.mkdir()
         socket_path = str(directory / "runner.sock")
         runner_dir = self._runner_dirs[runtime.PLUGIN_NAME]
-        argv = runtime.runner_command(str(runner_dir), socket_path)
+        # The runner binds relative to its working directory: deep state dirs exceed sun_path's 107 bytes.
+        argv = runtime.runner_command(str(runner_dir), "runner.sock")
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(directory), **self.extra_env}
         with open(directory / "stderr.log", "wb") as stderr:
             try:
@@ -121,11 +124,11 @@ class ProcessSandbox(SandboxDriver):
                 raise SandboxError(f"runner exited with code {proc.returncode} before listening: {err.strip()}")
             if os.path.exists(socket_path):
                 try:
-                    _reader, writer = await asyncio.open_unix_connection(socket_path)
+                    sock = await connect_unix(socket_path)
                 except OSError:
                     pass
                 else:
-                    writer.close()
+                    sock.close()
                     return
             if time.monotonic() > deadline:
                 raise SandboxError(f"runner did not listen on {socket_path} within {START_TIMEOUT:.0f}s")
@@ -182,7 +185,7 @@ class ProcessSandbox(SandboxDriver):
             cpu_seconds=cpu.user + cpu.system, pids=1 + len(children),
         )  # fmt: skip
 
-    async def events(self) -> AsyncIterator[SandboxEvent]:  # type: ignore[override]
+    async def events(self) -> AsyncIterator[SandboxEvent]:
         while True:
             yield await self._events.get()
 

@@ -21,6 +21,8 @@ from easyfaas.models import NAME_RE, FunctionSpec, FunctionVersion
 
 __all__ = ["StubsStore"]
 
+_Versions = list[FunctionVersion]  # method ``list`` shadows the builtin inside the class
+
 
 class StubsStore(CodeStore):
     """Options: ``path`` — where functions are kept (default ``<data_dir>/functions``)."""
@@ -87,7 +89,7 @@ class StubsStore(CodeStore):
         self._cache[(name, version)] = fv
         return fv
 
-    async def list(self) -> list[FunctionVersion]:
+    async def list(self) -> _Versions:
         found = []
         for fn_dir in sorted(self.root.iterdir()):
             if fn_dir.is_dir() and NAME_RE.match(fn_dir.name):
@@ -97,7 +99,7 @@ class StubsStore(CodeStore):
                     continue  # a function whose first version is still being written
         return found
 
-    async def versions(self, name: str) -> list[FunctionVersion]:
+    async def versions(self, name: str) -> _Versions:
         await self.get(name)
         numbers = sorted(int(p.name) for p in (self.root / name).iterdir() if p.name.isdigit())
         return [self._read(name, str(n)) for n in numbers]

@@ -1,0 +1,115 @@
+"""The `easyfaas` command line against a running engine: output, JSON, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from easyfaas.testing import RunningEngine, write_function
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(engine: RunningEngine | None, *args: str, endpoint: str | None = None) -> subprocess.CompletedProcess[str]:
+    target = endpoint or (engine.endpoint if engine else "http://127.0.0.1:9")
+    return subprocess.run([sys.executable, "-m", "easyfaas.cli", "--endpoint", target, *args],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    with RunningEngine(tmp_path_factory.mktemp("cli")) as eng:
+        yield eng
+
+
+def test_deploy_list_invoke_delete(engine: RunningEngine, tmp_path: Path) -> None:
+    code = write_function(tmp_path / "greet", "def handler(e, c):\n    return {'hi': e.get('who')}\n")
+    out = cli(engine, "deploy", "greet", str(code))
+    assert out.returncode == 0, out.stderr
+    assert "deployed greet version 1" in out.stdout
+    listed = cli(engine, "list")
+    assert "greet" in listed.stdout and "handler.handler" in listed.stdout
+    invoked = cli(engine, "invoke", "greet", "--data", '{"who": "cli"}')
+    assert invoked.returncode == 0 and json.loads(invoked.stdout) == {"hi": "cli"}
+    assert cli(engine, "delete", "greet").returncode == 0
+    missing = cli(engine, "invoke", "greet")
+    assert missing.returncode == 3 and "FunctionNotFound" in missing.stderr
+
+
+def test_deploy_with_flags_overrides_function_yaml(engine: RunningEngine, tmp_path: Path) -> None:
+    code = write_function(tmp_path / "flags", "import os\ndef main(e, c):\n    return [os.environ['K'], c.memory_limit_in_mb]\n",
+                          handler="app.main")  # fmt: skip
+    out = cli(engine, "-o", "json", "deploy", "flags", str(code), "--memory", "256", "--env", "K=a=b")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["memory"] == 256
+    assert json.loads(cli(engine, "invoke", "flags").stdout) == ["a=b", 256]
+
+
+def test_invoke_data_from_file_and_log_tail(engine: RunningEngine, tmp_path: Path) -> None:
+    code = write_function(tmp_path / "logs", "def handler(e, c):\n    print('seen', e['n'])\n    return e['n'] * 2\n")
+    cli(engine, "deploy", "logs", str(code))
+    (tmp_path / "event.json").write_text('{"n": 21}')
+    out = cli(engine, "invoke", "logs", "--data", f"@{tmp_path / 'event.json'}", "--log-tail")
+    assert out.stdout.strip() == "42" and "seen 21" in out.stderr
+
+
+def test_function_error_exit_code(engine: RunningEngine, tmp_path: Path) -> None:
+    code = write_function(tmp_path / "boom", "def handler(e, c):\n    raise RuntimeError('boom')\n")
+    cli(engine, "deploy", "boom", str(code))
+    out = cli(engine, "invoke", "boom")
+    assert out.returncode == 4 and json.loads(out.stdout)["errorMessage"] == "boom"
+
+
+def test_bad_data_is_a_usage_error(engine: RunningEngine) -> None:
+    out = cli(engine, "invoke", "whatever", "--data", "{not json")
+    assert out.returncode == 2 and "not valid JSON" in out.stderr
+
+
+def test_deploy_refusal_is_explained(engine: RunningEngine, tmp_path: Path) -> None:
+    code = write_function(tmp_path / "broken", "def handler(e, c) return 1\n")
+    out = cli(engine, "deploy", "broken", str(code))
+    assert out.returncode == 1 and "SyntaxError" in out.stderr
+
+
+def test_ps_and_activations(engine: RunningEngine, tmp_path: Path) -> None:
+    cli(engine, "deploy", "psfn", str(write_function(tmp_path / "ps", "def handler(e, c):\n    return 1\n")))
+    cli(engine, "invoke", "psfn")
+    ps = json.loads(cli(engine, "-o", "json", "ps").stdout)
+    assert any(row["function"] == "psfn" and row["state"] == "idle" for row in ps)
+    acts = json.loads(cli(engine, "-o", "json", "activations", "psfn").stdout)
+    assert acts[0]["function"] == "psfn" and acts[0]["status"] == "success"
+
+
+def test_unreachable_engine_exit_code() -> None:
+    out = cli(None, "list", endpoint="http://127.0.0.1:9")
+    assert out.returncode == 5 and "cannot reach the engine" in out.stderr
+
+
+def test_plugins_lists_the_four_first_party_plugins() -> None:
+    out = cli(None, "plugins")
+    assert out.returncode == 0
+    for name, dist in [("http", "easyfaas-trigger-http"), ("python", "easyfaas-runtime-python"),
+                       ("process", "easyfaas-sandbox-process"), ("stubs", "easyfaas-storage-stubs")]:  # fmt: skip
+        assert any(line.split()[:2] == [name, dist] for line in out.stdout.splitlines()), out.stdout
+
+
+def test_up_with_a_bad_profile_names_line_and_key(tmp_path: Path) -> None:
+    profile = tmp_path / "engine.yaml"
+    profile.write_text("node: {name: x}\nfunclet:\n  pool: {python: -1}\n  sandbox: process\n")
+    out = subprocess.run([sys.executable, "-m", "easyfaas.cli", "up", "--profile", str(profile)],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 78
+    assert f"{profile}:3: funclet.pool: pool size of 'python' cannot be negative" in out.stderr
+
+
+def test_up_with_an_unknown_plugin_names_the_package(tmp_path: Path) -> None:
+    profile = tmp_path / "engine.yaml"
+    profile.write_text(f"node: {{data_dir: {tmp_path}/d}}\ncontroller: {{api: 127.0.0.1:0}}\nfunclet: {{sandbox: firecracker}}\n")
+    out = subprocess.run([sys.executable, "-m", "easyfaas.cli", "up", "--profile", str(profile)],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 78
+    assert "Install easyfaas-sandbox-firecracker" in out.stdout + out.stderr
