@@ -9,8 +9,8 @@ A frame is a 13-byte header followed by two parts::
     meta: UTF-8 JSON object (may be empty: length 0 means {})
     body: opaque bytes (the event, the result, ...)
 
-Request ids let one connection carry many calls at once; 0 is used by messages
-that belong to no call (HELLO, LOAD, PING).
+Request ids let one connection carry many calls at once; control messages (LOAD, PING)
+may use 0. docs/runtime-protocol.md describes every message.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ MAX_FRAME = 64 * 1024 * 1024
 class Kind:
     """Message kinds. Engine → runner: LOAD, INVOKE, PING, SHUTDOWN; runner → engine: the rest."""
 
-    LOAD = 1  # meta: {code_dir, handler, function, version, memory_mb, env}
-    LOADED = 2  # meta: {init_ms}
-    LOAD_ERROR = 3  # meta: {type, message, stack}
-    INVOKE = 4  # meta: {request_id, deadline_ms, ...}; body: JSON event
-    RESULT = 5  # meta: {raw, logs, truncated, duration_ms}; body: JSON result or raw bytes
-    ERROR = 6  # meta: {type, message, stack, logs}
+    LOAD = 1  # meta: {code_dir, handler, function, version, memory_mb, env, instance, arn}
+    LOADED = 2  # meta: {init_ms, logs}
+    LOAD_ERROR = 3  # meta: {type, message, stack, logs}
+    INVOKE = 4  # meta: {rid, deadline (epoch ms), log_cap}; body: JSON event
+    RESULT = 5  # meta: {ms, raw, logs, truncated}; body: JSON result or raw bytes
+    ERROR = 6  # meta: {type, message, stack, logs, truncated}
     PING = 7
     PONG = 8
     SHUTDOWN = 9

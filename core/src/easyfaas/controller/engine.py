@@ -245,6 +245,8 @@ class Controller:
                 self._drained.set()
         t2 = time.perf_counter()
         logs = meta.get("logs", "")
+        if init_ms is not None and inst.init_logs:
+            logs = inst.init_logs + logs
         if kind == Kind.RESULT:
             raw = bool(meta.get("raw"))
             self._record(fv, rid, trigger, start, t0, t1, t2, init_ms, inst.id, "success", None,

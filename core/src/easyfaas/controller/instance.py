@@ -47,6 +47,9 @@ class Instance(asyncio.Protocol):
     last_used: float = field(default_factory=time.monotonic)
     death: InvocationError | None = None
     lost_callback: Callable[[Instance], None] | None = None
+    #: What the handler printed while loading; attached to the call that cold-started it.
+    init_logs: str = ""
+    destroying: bool = False
     _transport: asyncio.Transport | None = None
     _pending: dict[int, asyncio.Future[Reply]] = field(default_factory=dict)
     _buffer: bytearray = field(default_factory=bytearray)

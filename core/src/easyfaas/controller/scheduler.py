@@ -125,12 +125,12 @@ class Scheduler:
         started = time.perf_counter()
         try:
             warm = await self._warm_up(fv, request_id)
-            inst = Instance(fv, warm.sandbox, init_ms=warm.init_ms, state="binding")
+            inst = Instance(fv, warm.sandbox, init_ms=warm.init_ms, state="binding", init_logs=warm.logs)
             inst.lost_callback = self._on_lost
             try:
                 await inst.connect()
             except OSError as exc:
-                self._destroy_later(inst.id)
+                self._destroy_later(inst)
                 raise PlatformError(f"cannot connect to instance {inst.id}: {exc}") from exc
         finally:
             pool.starting -= 1
@@ -221,7 +221,7 @@ class Scheduler:
         """End an instance now: fail its calls with ``error``, destroy its sandbox."""
         inst.fail(error)
         self._forget(inst)
-        self._destroy_later(inst.id)
+        self._destroy_later(inst)
 
     def _forget(self, inst: Instance) -> None:
         self.by_sandbox.pop(inst.id, None)
@@ -236,6 +236,7 @@ class Scheduler:
         """The runner's connection dropped; wait briefly for the funclet to say why."""
         if inst.death is not None:
             self._forget(inst)
+            self._destroy_later(inst)
             return
         asyncio.get_running_loop().call_later(DEATH_GRACE, self._finish_lost, inst)
 
@@ -244,6 +245,7 @@ class Scheduler:
             self.kill(inst, InstanceCrashedError(f"instance {inst.id} of {inst.fv.name!r} exited unexpectedly"))
         else:
             self._forget(inst)
+            self._destroy_later(inst)
 
     def on_event(self, event: SandboxEvent) -> None:
         """A funclet event: fail the instance's calls with the precise reason."""
@@ -293,7 +295,7 @@ class Scheduler:
         inst.death = InstanceCrashedError(f"instance {inst.id} was retired")
         self._forget(inst)
         inst.close()
-        self._destroy_later(inst.id)
+        self._destroy_later(inst)
 
     def provision(self, versions: Iterable[FunctionVersion]) -> None:
         """Start instances so each version has at least ``min_warm`` (without traffic)."""
@@ -318,8 +320,11 @@ class Scheduler:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _destroy_later(self, sandbox_id: str) -> None:
-        self._spawn(self._destroy(sandbox_id))
+    def _destroy_later(self, inst: Instance) -> None:
+        """Ask the funclet to destroy the instance's sandbox, once."""
+        if not inst.destroying:
+            inst.destroying = True
+            self._spawn(self._destroy(inst.id))
 
     async def _destroy(self, sandbox_id: str) -> None:
         try:

@@ -17,7 +17,7 @@ from easyfaas._aiowire import request
 from easyfaas.errors import EasyFaaSError, LoadError, SandboxError
 from easyfaas.interfaces import Runtime, SandboxDriver
 from easyfaas.models import SandboxEvent, SandboxInfo, SandboxStats, WarmupSpec
-from easyfaas.wire import Kind
+from easyfaas.wire import FrameError, Kind
 
 __all__ = ["SandboxManager", "WarmUpResult"]
 
@@ -140,8 +140,15 @@ class SandboxManager:
                 "memory_mb": spec.memory_mb,
                 "env": spec.env,
                 "instance": info.id,
+                "arn": f"arn:aws:lambda:easyfaas:000000000000:function:{function}:{version}",
             }
             kind, reply, _ = await request(info.socket_path, Kind.LOAD, meta, timeout=LOAD_TIMEOUT)
+        except TimeoutError:
+            await self.destroy(info.id)
+            raise LoadError(f"handler {handler!r} did not finish loading within {LOAD_TIMEOUT:g}s") from None
+        except (OSError, EOFError, FrameError, asyncio.IncompleteReadError) as exc:
+            await self.destroy(info.id)
+            raise LoadError(f"the instance ended while loading handler {handler!r}: {exc!r}") from exc
         except BaseException:
             await self.destroy(info.id)
             raise

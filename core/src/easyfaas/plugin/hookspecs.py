@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 def easyfaas_register_triggers(register: Registry) -> None:
     """Add trigger classes with ``register.add_trigger(cls)``.
 
-    Called once in the controller process, right after the plugin is loaded. Every
-    implementation is called; the return value is ignored.
+    Called once per plugin in the controller process, right after that plugin is loaded.
+    The return value is ignored.
     """
 
 
@@ -27,8 +27,8 @@ def easyfaas_register_triggers(register: Registry) -> None:
 def easyfaas_register_runtimes(register: Registry) -> None:
     """Add runtime classes with ``register.add_runtime(cls)``.
 
-    Called once in the controller and once in the funclet process, after loading.
-    Every implementation is called; the return value is ignored.
+    Called once per plugin in the controller and in the funclet process, right after
+    that plugin is loaded. The return value is ignored.
     """
 
 
@@ -36,8 +36,8 @@ def easyfaas_register_runtimes(register: Registry) -> None:
 def easyfaas_register_sandboxes(register: Registry) -> None:
     """Add sandbox driver classes with ``register.add_sandbox(cls)``.
 
-    Called once in the funclet process (and by ``easyfaas doctor``), after loading.
-    Every implementation is called; the return value is ignored.
+    Called once per plugin in the funclet process (and by ``easyfaas doctor``), right
+    after that plugin is loaded. The return value is ignored.
     """
 
 
@@ -45,8 +45,8 @@ def easyfaas_register_sandboxes(register: Registry) -> None:
 def easyfaas_register_storage(register: Registry) -> None:
     """Add code store classes with ``register.add_storage(cls)``.
 
-    Called once in the controller process, after loading. Every implementation is
-    called; the return value is ignored.
+    Called once per plugin in the controller process, right after that plugin is
+    loaded. The return value is ignored.
     """
 
 
@@ -54,11 +54,12 @@ def easyfaas_register_storage(register: Registry) -> None:
 def easyfaas_after_invoke(activation: dict[str, Any]) -> None:
     """Observe a finished call.
 
-    Called in the controller process after every call, sync or async, once its
-    activation record is complete (keys: ``id``, ``function``, ``version``, ``status``,
-    ``start``, ``end``, ``duration_ms``, ``init_ms``, ``trigger``, ``error``). Must be quick
-    and must not raise: it runs on the call path. Every implementation is called; return
-    values are ignored.
+    Called in the controller process after every call that reached a function version,
+    once its activation record is complete (keys: ``id``, ``function``, ``version``,
+    ``status``, ``trigger``, ``start``, ``end``, ``duration_ms``, ``wait_ms``, ``init_ms``,
+    ``instance``, ``error``, ``result``, ``logs``). Must be quick: it runs on the call path;
+    an exception is logged and ignored. Every implementation is called; return values are
+    ignored.
     """
 
 

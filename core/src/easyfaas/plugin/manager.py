@@ -127,7 +127,9 @@ class Plugins:
         self._observes_invocations = bool(self._pm.hook.easyfaas_after_invoke.get_hookimpls())
 
     def _call_register(self, kind: str, plugin: object) -> None:
-        hook = getattr(self._pm.hook, f"easyfaas_register_{kind}")
+        """Call one plugin's registration hook (not every registered plugin's again)."""
+        others = [p for p in self._pm.get_plugins() if p is not plugin]
+        hook = self._pm.subset_hook_caller(f"easyfaas_register_{kind}", remove_plugins=others)
         hook(register=self.registry)
 
     def get(self, kind: str, name: str) -> type[Any]:
@@ -166,10 +168,16 @@ class Plugins:
 
     def after_invoke(self, activation: dict[str, Any]) -> None:
         if self._observes_invocations:
-            self._pm.hook.easyfaas_after_invoke(activation=activation)
+            try:
+                self._pm.hook.easyfaas_after_invoke(activation=activation)
+            except Exception:  # noqa: BLE001 - an observer must not fail the call it observes
+                log.exception("an easyfaas_after_invoke hook failed")
 
     def instance_event(self, event: SandboxEvent) -> None:
-        self._pm.hook.easyfaas_instance_event(event=event)
+        try:
+            self._pm.hook.easyfaas_instance_event(event=event)
+        except Exception:  # noqa: BLE001 - an observer must not stop the engine's event handling
+            log.exception("an easyfaas_instance_event hook failed")
 
 
 def _owners() -> dict[tuple[str, str, str], dict[str, str]]:
