@@ -85,13 +85,13 @@ def test_zip_device_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_zip_bomb_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(FunctionSpecError, match="bomb.txt: compression ratio"):
+    with pytest.raises(FunctionSpecError, match=r"bomb\.txt: compression ratio"):
         unpack(zip_of([("bomb.txt", b"\0" * (20 * 2**20), stat.S_IFREG | 0o644)]), tmp_path)
 
 
 def test_unpacked_size_cap(tmp_path: Path) -> None:
     limits = PackageLimits(max_unpacked=1000, max_ratio=10**9)
-    with pytest.raises(FunctionSpecError, match="big.bin: unpacked size exceeds the 1000-byte limit"):
+    with pytest.raises(FunctionSpecError, match=r"big\.bin: unpacked size exceeds the 1000-byte limit"):
         unpack(zip_of([("big.bin", b"x" * 2000, stat.S_IFREG | 0o644)]), tmp_path, limits)
 
 

@@ -170,13 +170,13 @@ class Plugins:
         if self._observes_invocations:
             try:
                 self._pm.hook.easyfaas_after_invoke(activation=activation)
-            except Exception:  # noqa: BLE001 - an observer must not fail the call it observes
+            except Exception:
                 log.exception("an easyfaas_after_invoke hook failed")
 
     def instance_event(self, event: SandboxEvent) -> None:
         try:
             self._pm.hook.easyfaas_instance_event(event=event)
-        except Exception:  # noqa: BLE001 - an observer must not stop the engine's event handling
+        except Exception:
             log.exception("an easyfaas_instance_event hook failed")
 
 
