@@ -92,13 +92,15 @@ class ControllerSection(_Section):
     token_file: str | None = None
     keep_alive: float = 120.0
     max_queue_wait: float = 10.0
+    #: Idle instances are pinged this often; one that does not answer is replaced.
+    health_interval: float = 10.0
     queue_size: int = Field(1000, ge=0)
     max_payload: int = 6 * 2**20
     log_cap: int = 2**20
 
     _addr = field_validator("api")(classmethod(lambda cls, v: _check_address(v)))
 
-    @field_validator("keep_alive", "max_queue_wait", mode="before")
+    @field_validator("keep_alive", "max_queue_wait", "health_interval", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)

@@ -144,7 +144,9 @@ def build_app(controller: Controller) -> web.Application:
         name = request.match_info["name"]
         qualifier = request.query.get("qualifier", LATEST)
         try:
-            result = await controller.invoke(name, body or b"null", qualifier=qualifier, trigger="api")
+            result = await controller.invoke(
+                name, body or b"null", qualifier=qualifier, trigger="api", request_id=request.headers.get(REQUEST_ID_HEADER)
+            )
         except FunctionError as exc:
             return web.json_response(
                 exc.to_dict(), headers={"X-Easyfaas-Function-Error": "Unhandled", REQUEST_ID_HEADER: _rid(exc)}

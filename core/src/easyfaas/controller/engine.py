@@ -178,11 +178,13 @@ class Controller:
             await asyncio.sleep(0.2)
 
     async def _housekeeping(self) -> None:
+        """Once a second: retire idle instances, keep ``min_warm`` ones, ping the idle."""
         while True:
             await asyncio.sleep(1.0)
             try:
                 self.scheduler.retire_idle()
                 self.scheduler.provision(fv for fv in self.registry.latest() if fv.spec.min_warm)
+                await self.scheduler.ping_idle(older_than=self.profile.model.controller.health_interval)
             except Exception:
                 log.exception("housekeeping failed")
 

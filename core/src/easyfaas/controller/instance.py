@@ -50,6 +50,7 @@ class Instance(asyncio.Protocol):
     #: What the handler printed while loading; attached to the call that cold-started it.
     init_logs: str = ""
     destroying: bool = False
+    last_pinged: float = field(default_factory=time.monotonic)
     _transport: asyncio.Transport | None = None
     _pending: dict[int, asyncio.Future[Reply]] = field(default_factory=dict)
     _buffer: bytearray = field(default_factory=bytearray)

@@ -268,6 +268,32 @@ class Scheduler:
             inst.fail(InstanceCrashedError(f"instance {inst.id} was lost when the funclet restarted"))
             self._forget(inst)
 
+    # -- health --------------------------------------------------------------------------
+
+    async def ping_idle(self, *, older_than: float = 10.0, timeout: float = 2.0) -> int:
+        """PING instances idle for ``older_than`` seconds; replace those that do not answer."""
+        now = time.monotonic()
+        idle = [i for i in self.instances() if i.state == "idle" and i.inflight == 0 and now - i.last_pinged >= older_than]
+        if not idle:
+            return 0
+
+        async def ping(inst: Instance) -> bool:
+            inst.last_pinged = time.monotonic()
+            try:
+                kind, _, _ = await asyncio.wait_for(inst.send(Kind.PING, {}, b""), timeout)
+            except (TimeoutError, InvocationError):
+                return False
+            return kind == Kind.PONG
+
+        answers = await asyncio.gather(*(ping(inst) for inst in idle))
+        unhealthy = 0
+        for inst, ok in zip(idle, answers, strict=True):
+            if not ok and inst.state != "dead":
+                unhealthy += 1
+                log.warning("instance %s of %s did not answer a ping; replacing it", inst.id, inst.fv.key)
+                self.kill(inst, InstanceCrashedError(f"instance {inst.id} stopped answering health checks"))
+        return unhealthy
+
     # -- scale down and provisioning -----------------------------------------------------
 
     def retire_idle(self, now: float | None = None) -> int:
