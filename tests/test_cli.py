@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def cli(engine: RunningEngine | None, *args: str, endpoint: str | None = None) -> subprocess.CompletedProcess[str]:
     target = endpoint or (engine.endpoint if engine else "http://127.0.0.1:9")
+    env = engine.env if engine else {**os.environ, "XDG_CONFIG_HOME": "/nonexistent"}
     return subprocess.run([sys.executable, "-m", "easyfaas.cli", "--endpoint", target, *args],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +115,34 @@ def test_up_with_an_unknown_plugin_names_the_package(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 78
     assert "Install easyfaas-sandbox-firecracker" in out.stdout + out.stderr
+
+
+def test_the_api_requires_the_token(engine: RunningEngine) -> None:
+    import httpx
+
+    assert httpx.get(f"{engine.endpoint}/v1/functions").status_code == 401
+    assert httpx.get(f"{engine.endpoint}/v1/functions", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(f"{engine.endpoint}/metrics").status_code == 401
+    assert httpx.get(f"{engine.endpoint}/v1/health").status_code == 200
+    ok = httpx.get(f"{engine.endpoint}/v1/functions", headers={"Authorization": f"Bearer {engine.token}"})
+    assert ok.status_code == 200
+    token_file = engine.data_dir / "data" / "token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_cli_without_a_token_is_refused_and_login_fixes_it(engine: RunningEngine, tmp_path: Path) -> None:
+    env = {**engine.env, "XDG_CONFIG_HOME": str(tmp_path / "cfg"), "EASYFAAS_TOKEN": ""}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "easyfaas.cli", *a], capture_output=True, text=True, env=env, timeout=60)  # noqa: E731
+    refused = run("list")
+    assert refused.returncode == 1 and "Unauthorized" in refused.stderr and "easyfaas login" in refused.stderr
+    assert run("login", "--token", "wrong").returncode == 1
+    assert run("login", "--token", engine.token).returncode == 0
+    assert (tmp_path / "cfg" / "easyfaas" / "config.json").stat().st_mode & 0o777 == 0o600
+    assert run("list").returncode == 0
+
+
+def test_private_functions_need_the_token_on_the_http_trigger(engine: RunningEngine, tmp_path: Path) -> None:
+    code = write_function(tmp_path / "priv", "def handler(e, c):\n    return 'secret'\n", public=False)
+    engine.deploy(code, "private")
+    assert engine.call("private", method="GET").status_code == 401
+    assert engine.call("private", method="GET", headers={"Authorization": f"Bearer {engine.token}"}).json() == "secret"

@@ -208,6 +208,6 @@ def test_metrics_count_calls(engine: RunningEngine, echo: str) -> None:
     import httpx
 
     engine.call(echo, method="GET")
-    text = httpx.get(f"{engine.endpoint}/metrics").text
+    text = httpx.get(f"{engine.endpoint}/metrics", headers={"Authorization": f"Bearer {engine.token}"}).text
     assert f'easyfaas_calls_total{{function="{echo}",status="success"}}' in text
     assert f'easyfaas_cold_starts_total{{function="{echo}"}}' in text

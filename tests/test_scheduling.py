@@ -40,7 +40,7 @@ def test_burst_beyond_capacity_gives_only_200s_and_429s(engine: RunningEngine, t
     assert int(throttled.headers["Retry-After"]) >= 1
     assert throttled.json()["error"]["errorType"] == "TooManyRequests"
     assert len(instances_of(engine, "burst")) <= 2
-    metrics = httpx.get(f"{engine.endpoint}/metrics").text
+    metrics = httpx.get(f"{engine.endpoint}/metrics", headers={"Authorization": f"Bearer {engine.token}"}).text
     assert 'easyfaas_throttles_total{function="burst"}' in metrics
 
 
@@ -111,7 +111,7 @@ def test_logs_are_attributed_to_their_own_call(engine: RunningEngine, tmp_path: 
         def call(n: int) -> None:
             rid = uuid.uuid4().hex
             response = httpx.post(f"{engine.endpoint}/v1/functions/logger/invoke", content=f'{{"n": {n}}}'.encode(),
-                                  headers={"X-Easyfaas-Request-Id": rid}, timeout=30)  # fmt: skip
+                                  headers={"X-Easyfaas-Request-Id": rid, "Authorization": f"Bearer {engine.token}"}, timeout=30)  # fmt: skip
             ids[rid] = n
             assert response.status_code == 200
         list(pool.map(call, range(12)))

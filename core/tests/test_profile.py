@@ -99,3 +99,11 @@ def test_durations(text: object, seconds: float) -> None:
 @pytest.mark.parametrize(("text", "size"), [("4Gi", 4 * 2**30), ("512Mi", 512 * 2**20), ("1G", 10**9), (42, 42)])
 def test_sizes(text: object, size: int) -> None:
     assert parse_size(text) == size
+
+
+def test_auth_can_be_off_only_on_loopback(tmp_path: Path) -> None:
+    [message] = problems(tmp_path, "controller:\n  api: 0.0.0.0:9090\n  auth: false\n")
+    assert "auth can be turned off only when the API listens on loopback" in message
+    path = tmp_path / "ok.yaml"
+    path.write_text("controller: {api: 127.0.0.1:9090, auth: false}\n")
+    assert load_profile(path).model.controller.auth is False

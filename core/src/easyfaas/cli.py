@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import click
 import httpx
 
-from easyfaas.client import ApiError, EngineClient, load_function_dir
+from easyfaas.client import ApiError, EngineClient, config_path, load_function_dir, resolve_target, save_login
 from easyfaas.errors import ConfigurationError, EasyFaaSError
 
 __all__ = ["main"]
@@ -39,16 +39,19 @@ def _emit(ctx: click.Context, value: Any, human: str) -> None:
 class _Client:
     """Opens the API client lazily and turns its errors into exit codes."""
 
-    def __init__(self, endpoint: str | None) -> None:
-        self.endpoint = endpoint
+    def __init__(self, ctx: click.Context) -> None:
+        self.endpoint = ctx.obj["endpoint"]
+        self.token = ctx.obj["token"]
 
     def __enter__(self) -> EngineClient:
-        self.client = EngineClient(self.endpoint)
+        self.client = EngineClient(self.endpoint, token=self.token)
         return self.client
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self.client.close()
         if isinstance(exc, ApiError):
+            if exc.status == 401:
+                _fail(f"{exc} — run `easyfaas login --token …` or set EASYFAAS_TOKEN", EXIT_ERROR)
             _fail(str(exc), EXIT_NOT_FOUND if exc.status == 404 else EXIT_ERROR)
         if isinstance(exc, httpx.TransportError):
             _fail(f"cannot reach the engine at {self.client.endpoint}: {exc} (is `easyfaas up` running?)", EXIT_UNREACHABLE)
@@ -58,11 +61,12 @@ class _Client:
 
 @click.group()
 @click.option("--endpoint", envvar="EASYFAAS_ENDPOINT", default=None, help="Management API URL (default http://127.0.0.1:9090).")
+@click.option("--token", envvar="EASYFAAS_TOKEN", default=None, help="API token (default: the one saved by login/up).")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", help="Output format.")
 @click.pass_context
-def cli(ctx: click.Context, endpoint: str | None, output: str) -> None:
+def cli(ctx: click.Context, endpoint: str | None, token: str | None, output: str) -> None:
     """easyfaas: a light, self-hosted function-compute engine."""
-    ctx.obj = {"endpoint": endpoint, "output": output}
+    ctx.obj = {"endpoint": endpoint, "token": token, "output": output}
 
 
 @cli.command()
@@ -82,7 +86,10 @@ def up(ctx: click.Context, profile: Path | None, deploy_dirs: tuple[Path, ...]) 
     except ConfigurationError as exc:
         _fail(str(exc), EXIT_CONFIG)
     host, _, port = prof.model.controller.api.rpartition(":")
-    endpoint = ctx.obj["endpoint"] or f"http://{host}:{port}"
+    endpoint = ctx.obj["endpoint"] or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    cfg = prof.model.controller
+    token_file = (prof.base_dir / cfg.token_file).resolve() if cfg.token_file else prof.data_dir / "token"
+    first_start = cfg.auth and not token_file.exists()
     sup = Supervisor(profile, prof.funclet_socket)
     signal.signal(signal.SIGTERM, sup.request_stop)
     signal.signal(signal.SIGINT, sup.request_stop)
@@ -94,7 +101,13 @@ def up(ctx: click.Context, profile: Path | None, deploy_dirs: tuple[Path, ...]) 
             return False
 
     sup.start(ready)
-    with EngineClient(endpoint) as client:
+    token = token_file.read_text().strip() if cfg.auth else None
+    if token:
+        # The operator on this host is logged in to their own engine; the token stays 0600.
+        save_login(endpoint, token)
+        if first_start:
+            click.echo(f"API token (shown once; saved to {config_path()} and {token_file}):\n  {token}")
+    with EngineClient(endpoint, token=token) as client:
         health = client.health()
         for directory in deploy_dirs:
             try:
@@ -116,6 +129,23 @@ def up(ctx: click.Context, profile: Path | None, deploy_dirs: tuple[Path, ...]) 
             click.echo(f"try it:  curl -s '{urls[0]}{name}?name=you'")
     click.echo("stop with Ctrl-C", err=True)
     sys.exit(sup.run())
+
+
+@cli.command()
+@click.option("--token", "login_token", prompt="API token", hide_input=True, help="The engine's API token.")
+@click.pass_context
+def login(ctx: click.Context, login_token: str) -> None:
+    """Save an endpoint (--endpoint) and its token for later commands."""
+    endpoint, _ = resolve_target(ctx.obj["endpoint"], None)
+    with EngineClient(endpoint, token=login_token) as client:
+        try:
+            client.list()
+        except ApiError as exc:
+            _fail(f"the engine at {endpoint} refused the token: {exc}")
+        except httpx.TransportError as exc:
+            _fail(f"cannot reach the engine at {endpoint}: {exc}", EXIT_UNREACHABLE)
+    path = save_login(endpoint, login_token)
+    _emit(ctx, {"endpoint": endpoint, "config": str(path)}, f"logged in to {endpoint} (saved in {path})")
 
 
 @cli.command()
@@ -185,7 +215,7 @@ def deploy(ctx: click.Context, name: str, path: Path, runtime: str | None, handl
     """Deploy PATH (a directory, zip or tar.gz) as function NAME: a new version."""
     overrides = {"runtime": runtime, "handler": handler, "memory": memory, "timeout": timeout,
                  "concurrency": concurrency, "env": _parse_env(env), "name": name}  # fmt: skip
-    with _Client(ctx.obj["endpoint"]) as client:
+    with _Client(ctx) as client:
         spec, archive = load_function_dir(path, overrides)
         fv = client.deploy(name, spec, archive)
     _emit(ctx, fv, f"deployed {fv['name']} version {fv['version']} ({len(archive)} bytes, runtime {fv['runtime']})")
@@ -195,7 +225,7 @@ def deploy(ctx: click.Context, name: str, path: Path, runtime: str | None, handl
 @click.pass_context
 def list_(ctx: click.Context) -> None:
     """List deployed functions."""
-    with _Client(ctx.obj["endpoint"]) as client:
+    with _Client(ctx) as client:
         functions = client.list()
     lines = [f"{'NAME':<24} {'VERSION':<8} {'RUNTIME':<10} HANDLER"]
     lines += [f"{f['name']:<24} {f['version']:<8} {f['runtime']:<10} {f['handler']}" for f in functions]
@@ -207,7 +237,7 @@ def list_(ctx: click.Context) -> None:
 @click.pass_context
 def get(ctx: click.Context, name: str) -> None:
     """Show one function's latest version."""
-    with _Client(ctx.obj["endpoint"]) as client:
+    with _Client(ctx) as client:
         fv = client.get(name)
     _emit(ctx, fv, "\n".join(f"{k}: {v}" for k, v in fv.items()))
 
@@ -217,7 +247,7 @@ def get(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def delete(ctx: click.Context, name: str) -> None:
     """Delete a function and all its versions."""
-    with _Client(ctx.obj["endpoint"]) as client:
+    with _Client(ctx) as client:
         client.delete(name)
     _emit(ctx, {"deleted": name}, f"deleted {name}")
 
@@ -244,7 +274,7 @@ def invoke(ctx: click.Context, name: str, data: str | None, log_tail: bool) -> N
         json.loads(payload)
     except ValueError as exc:
         _fail(f"--data is not valid JSON: {exc}", 2)
-    with _Client(ctx.obj["endpoint"]) as client:
+    with _Client(ctx) as client:
         response = client.invoke(name, payload, log_tail=log_tail)
     if log_tail and "X-Easyfaas-Log-Result" in response.headers:
         click.echo(base64.b64decode(response.headers["X-Easyfaas-Log-Result"]).decode(errors="replace"), err=True, nl=False)
@@ -258,7 +288,7 @@ def invoke(ctx: click.Context, name: str, data: str | None, log_tail: bool) -> N
 @click.pass_context
 def ps(ctx: click.Context) -> None:
     """List running instances and their states."""
-    with _Client(ctx.obj["endpoint"]) as client:
+    with _Client(ctx) as client:
         rows = client.instances()
     lines = [f"{'INSTANCE':<16} {'FUNCTION':<20} {'VER':<5} {'STATE':<9} {'CALLS':>6} {'INIT ms':>8}"]
     lines += [f"{r['id']:<16} {r['function']:<20} {r['version']:<5} {r['state']:<9} {r['calls']:>6} {r['init_ms']:>8}" for r in rows]
@@ -271,7 +301,7 @@ def ps(ctx: click.Context) -> None:
 @click.pass_context
 def activations(ctx: click.Context, name: str | None, limit: int) -> None:
     """Recent activation records (all functions, or NAME's)."""
-    with _Client(ctx.obj["endpoint"]) as client:
+    with _Client(ctx) as client:
         rows = client.activations(name, limit=limit)
     lines = [f"{'ID':<32} {'FUNCTION':<16} {'STATUS':<18} {'ms':>9}"]
     lines += [f"{r['id']:<32} {r['function']:<16} {r['status']:<18} {r['duration_ms']:>9.2f}" for r in rows]

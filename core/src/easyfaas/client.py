@@ -13,10 +13,49 @@ import yaml
 from easyfaas.errors import EasyFaaSError, FunctionSpecError
 from easyfaas.packaging import pack_directory
 
-__all__ = ["DEFAULT_ENDPOINT", "ApiError", "EngineClient", "load_function_dir"]
+__all__ = ["DEFAULT_ENDPOINT", "ApiError", "EngineClient", "config_path", "load_function_dir", "resolve_target", "save_login"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:9090"
 _Rows = list[dict[str, Any]]  # method ``list`` shadows the builtin inside the class
+
+
+def config_path() -> Path:
+    """Where the CLI keeps endpoints and tokens (``easyfaas login``), mode 0600."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "easyfaas" / "config.json"
+
+
+def _read_config() -> dict[str, Any]:
+    try:
+        data = json.loads(config_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_login(endpoint: str, token: str, *, make_default: bool = True) -> Path:
+    """Remember ``token`` for ``endpoint`` (and make it the default endpoint)."""
+    data = _read_config()
+    data.setdefault("endpoints", {})[endpoint.rstrip("/")] = {"token": token}
+    if make_default:
+        data["default"] = endpoint.rstrip("/")
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def resolve_target(endpoint: str | None = None, token: str | None = None) -> tuple[str, str | None]:
+    """Endpoint: argument, $EASYFAAS_ENDPOINT, the configured default, then 127.0.0.1:9090.
+    Token: argument, $EASYFAAS_TOKEN, then the one saved for that endpoint."""
+    data = _read_config()
+    url = (endpoint or os.environ.get("EASYFAAS_ENDPOINT") or data.get("default") or DEFAULT_ENDPOINT).rstrip("/")
+    secret = token or os.environ.get("EASYFAAS_TOKEN") or data.get("endpoints", {}).get(url, {}).get("token")
+    return url, secret
 
 
 class ApiError(EasyFaaSError):
@@ -60,7 +99,7 @@ def load_function_dir(path: Path, overrides: dict[str, Any]) -> tuple[dict[str, 
 
 class EngineClient:
     def __init__(self, endpoint: str | None = None, *, token: str | None = None, timeout: float = 60.0) -> None:
-        self.endpoint = (endpoint or os.environ.get("EASYFAAS_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+        self.endpoint, token = resolve_target(endpoint, token)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.endpoint, timeout=timeout, headers=headers)
 

@@ -16,6 +16,7 @@
         ├── FunctionTimeoutError      the call outlived the function's timeout (HTTP 504)
         ├── ThrottledError            no capacity within the queueing limit (HTTP 429)
         ├── PayloadTooLargeError      the event is over the size limit (HTTP 413)
+        ├── UnauthorizedError         a protected function called without the token (HTTP 401)
         └── PlatformError             the engine itself failed (HTTP 500)
 """
 
@@ -41,6 +42,7 @@ __all__ = [
     "ProfileError",
     "SandboxError",
     "ThrottledError",
+    "UnauthorizedError",
 ]
 
 
@@ -153,6 +155,14 @@ class PayloadTooLargeError(InvocationError):
     status = "developer_error"
     http_status = 413
     error_type = "PayloadTooLarge"
+
+
+class UnauthorizedError(InvocationError):
+    """A trigger call to a non-public function without valid credentials."""
+
+    status = "unauthorized"
+    http_status = 401
+    error_type = "Unauthorized"
 
 
 class PlatformError(InvocationError):

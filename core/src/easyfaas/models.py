@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "HANDLER_RE",
     "NAME_RE",
     "FunctionSpec",
     "FunctionVersion",
@@ -24,7 +25,12 @@ __all__ = [
 
 #: Function names: what URLs and file names can carry without escaping.
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-_HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\.[A-Za-z_][A-Za-z0-9_]*$")
+#: ``module.function`` (dotted module path, then a name): the Python runtime's handler shape.
+HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\.[A-Za-z_][A-Za-z0-9_]*$")
+# runtimes (#7): what any runtime's handler may look like; each runtime's check_code() decides
+# what it means (``module.function``, ``src/index.handler``, an executable like ``bin/run.sh``).
+# A relative path of plain segments: no absolute path, no ``..``, no hidden or option-like names.
+_HANDLER_ANY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*$")
 
 
 class HttpRoute(BaseModel):
@@ -63,8 +69,11 @@ class FunctionSpec(BaseModel):
     @field_validator("handler")
     @classmethod
     def _check_handler(cls, value: str) -> str:
-        if not _HANDLER_RE.match(value):
-            raise ValueError("must look like 'module.function' (dotted module path, then the function name)")
+        if len(value) > 256 or not _HANDLER_ANY_RE.match(value):
+            raise ValueError(
+                "must be 'module.function' or a relative file path of letters, digits, '_', '.', '+', '-' and '/' "
+                "(no '..', no leading '/' or '.'; the runtime checks the rest at deploy)"
+            )
         return value
 
     @field_validator("env")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from easyfaas.errors import ProfileError
 from easyfaas.sockets import short_path
@@ -89,6 +89,8 @@ class NodeSection(_Section):
 
 class ControllerSection(_Section):
     api: str = "127.0.0.1:9090"
+    #: Require a bearer token on the management API. Off is allowed only on a loopback address.
+    auth: bool = True
     token_file: str | None = None
     keep_alive: float = 120.0
     max_queue_wait: float = 10.0
@@ -109,6 +111,14 @@ class ControllerSection(_Section):
     @classmethod
     def _size(cls, value: Any) -> int:
         return parse_size(value)
+
+
+    @model_validator(mode="after")
+    def _auth_off_only_on_loopback(self) -> ControllerSection:
+        host = self.api.rpartition(":")[0].strip("[]")
+        if not self.auth and host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"auth can be turned off only when the API listens on loopback, not on {host}")
+        return self
 
 
 class LimitsSection(_Section):

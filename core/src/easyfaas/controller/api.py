@@ -14,6 +14,7 @@ from aiohttp import BodyPartReader, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from easyfaas.controller.auth import auth_middleware
 from easyfaas.controller.engine import Controller
 from easyfaas.errors import (
     EasyFaaSError,
@@ -70,7 +71,9 @@ def spec_from(data: dict[str, Any], name: str | None = None) -> FunctionSpec:
 
 
 def build_app(controller: Controller) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=controller.limits.max_archive + 2**20)
+    app = web.Application(
+        middlewares=[auth_middleware(controller.credentials), _errors], client_max_size=controller.limits.max_archive + 2**20
+    )
     routes = web.RouteTableDef()
 
     @routes.get("/v1/health")

@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from easyfaas.controller.activations import ActivationStore
+from easyfaas.controller.auth import Credentials, load_credentials
 from easyfaas.controller.funclet_client import FuncletClient
 from easyfaas.controller.instance import STATES
 from easyfaas.controller.registry import FunctionRegistry
@@ -33,6 +34,7 @@ from easyfaas.errors import (
     InvocationError,
     PayloadTooLargeError,
     PlatformError,
+    UnauthorizedError,
 )
 from easyfaas.interfaces import LATEST, CodeStore, InvocationResult, Runtime, Trigger
 from easyfaas.models import FunctionSpec, FunctionVersion
@@ -109,6 +111,7 @@ class Controller:
         self.metrics.register(_InstanceCollector(self.scheduler))
         self.scheduler.on_cold_start = self._record_cold_start
         self.scheduler.on_throttle = lambda fv: self._throttles.labels(fv.name).inc()
+        self.credentials: Credentials | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight = 0
         self._drained = asyncio.Event()
@@ -133,6 +136,12 @@ class Controller:
             profile.check_plugin_options(("triggers", name), plugins.get("triggers", name), opts)
             self.triggers[name] = plugins.create_trigger(name, **opts)
 
+        cfg = profile.model.controller
+        if cfg.auth:
+            token_file = (profile.base_dir / cfg.token_file).resolve() if cfg.token_file else None
+            self.credentials = load_credentials(self.data_dir, token_file)
+        else:
+            log.warning("management API authentication is OFF (controller.auth: false); anyone on this host can use it")
         self.registry = FunctionRegistry(self.store)
         await self.registry.load()
         self.activations = ActivationStore(self.data_dir / "activations.db")
@@ -196,6 +205,15 @@ class Controller:
         self._init.labels(fv.name).observe(ms / 1000)
 
     # -- the call path (Invoker) -----------------------------------------------------------
+
+    async def authorize(self, function: str, authorization: str | None) -> None:
+        """For triggers: a non-public function needs the API's bearer token."""
+        fv = await self.registry.resolve(function)
+        if fv.spec.public or self.credentials is None:
+            return
+        scheme, _, presented = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not self.credentials.token_matches(presented.strip()):
+            raise UnauthorizedError(f"function {function!r} is not public: send 'Authorization: Bearer <token>'")
 
     async def function_exists(self, function: str) -> bool:
         try:

@@ -46,6 +46,11 @@ class Invoker(Protocol):
         """Whether a function of that name is deployed."""
         ...
 
+    async def authorize(self, function: str, authorization: str | None) -> None:
+        """Raise ``UnauthorizedError`` unless the function is public or ``authorization``
+        (the caller's ``Authorization`` header) carries the engine's bearer token."""
+        ...
+
 
 class Trigger(ABC):
     """A source of calls, running inside the controller process.

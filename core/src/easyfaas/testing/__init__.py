@@ -62,11 +62,14 @@ class RunningEngine:
         self.proc: subprocess.Popen[bytes] | None = None
         self.endpoint = f"http://127.0.0.1:{self.api_port}"
         self.http_url = f"http://127.0.0.1:{self.http_port}"
-        self.client = EngineClient(self.endpoint)
+        #: Environment for CLI subprocesses aimed at this engine: its endpoint, token and config dir.
+        self.env = {**os.environ, "XDG_CONFIG_HOME": str(data_dir / "config"), "EASYFAAS_ENDPOINT": self.endpoint}
+        self.token: str | None = None
+        self.client = EngineClient(self.endpoint, token="")
         self.http = httpx.Client(base_url=self.http_url, timeout=60)
 
     def start(self, timeout: float = 60.0) -> RunningEngine:
-        env = {**os.environ, "EASYFAAS_LOG_LEVEL": os.environ.get("EASYFAAS_LOG_LEVEL", "INFO")}
+        env = {**self.env, "EASYFAAS_LOG_LEVEL": os.environ.get("EASYFAAS_LOG_LEVEL", "INFO")}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "easyfaas.cli", "--endpoint", self.endpoint, "up", "--profile", str(self.profile_path)],
@@ -78,6 +81,11 @@ class RunningEngine:
                 raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{self.log()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.endpoint}/v1/health", timeout=1).status_code == 200 and "easyfaas is up" in self.log():
+                    token_file = self.data_dir / "data" / "token"
+                    self.token = token_file.read_text().strip() if token_file.exists() else None
+                    self.env["EASYFAAS_TOKEN"] = self.token or ""
+                    self.client.close()
+                    self.client = EngineClient(self.endpoint, token=self.token or "")
                     return self
             if time.monotonic() > deadline:
                 self.stop()

@@ -9,7 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
-from easyfaas.errors import FunctionError, FunctionNotFoundError, FunctionTimeoutError, ThrottledError
+from easyfaas.errors import (
+    FunctionError,
+    FunctionNotFoundError,
+    FunctionTimeoutError,
+    ThrottledError,
+    UnauthorizedError,
+)
 from easyfaas.interfaces import InvocationResult
 from easyfaas_trigger_http import HttpTrigger
 
@@ -20,6 +26,10 @@ class FakeInvoker:
 
     async def function_exists(self, function: str) -> bool:
         return function == "f"
+
+    async def authorize(self, function: str, authorization: str | None) -> None:
+        if function == "private" and authorization != "Bearer secret":
+            raise UnauthorizedError("private function")
 
     async def invoke(self, function: str, event: Any, **kw: Any) -> InvocationResult:
         self.calls.append((function, event))
@@ -107,3 +117,12 @@ async def test_body_over_the_limit_is_413(trigger) -> None:  # type: ignore[no-u
 def test_bad_listen_option_is_refused() -> None:
     with pytest.raises(ValueError, match="host:port"):
         HttpTrigger(listen="8080")
+
+
+async def test_protected_function_needs_the_token(trigger) -> None:  # type: ignore[no-untyped-def]
+    client, invoker = trigger
+    response = await client.get("/function/private")
+    assert response.status_code == 401 and response.json()["error"]["errorType"] == "Unauthorized"
+    assert invoker.calls == []
+    # With the token the call goes through (to a function the fake does not know: 404).
+    assert (await client.get("/function/private", headers={"Authorization": "Bearer secret"})).status_code == 404

@@ -10,6 +10,7 @@ from typing import Any
 import easyfaas.wire
 from easyfaas.errors import FunctionSpecError
 from easyfaas.interfaces import Runtime
+from easyfaas.models import HANDLER_RE
 
 __all__ = ["PythonRuntime"]
 
@@ -47,6 +48,9 @@ class PythonRuntime(Runtime):
         return ("easyfaas_runner", "serve")
 
     def check_code(self, code_dir: Path, handler: str) -> None:
+        # FunctionSpec accepts any runtime's handler shape (file paths too): this one needs module.function.
+        if not HANDLER_RE.match(handler):
+            raise FunctionSpecError(f"handler {handler!r} must look like 'module.function' (dotted module path, then the function name)")
         module, _, _func = handler.rpartition(".")
         rel = Path(*module.split("."))
         if not ((code_dir / rel).with_suffix(".py").is_file() or (code_dir / rel / "__init__.py").is_file()):

@@ -168,6 +168,7 @@ class HttpTrigger(Trigger):
         rid = request.headers.get(REQUEST_ID_HEADER) or uuid4().hex
         event = build_event(request, path, body, rid)
         try:
+            await self._invoker.authorize(name, request.headers.get("Authorization"))
             result = await self._invoker.invoke(name, event, trigger="http", request_id=rid)
         except FunctionNotFoundError as exc:
             return _error(404, "FunctionNotFound", str(exc), {REQUEST_ID_HEADER: rid})
