@@ -211,3 +211,32 @@ def test_metrics_count_calls(engine: RunningEngine, echo: str) -> None:
     text = httpx.get(f"{engine.endpoint}/metrics", headers={"Authorization": f"Bearer {engine.token}"}).text
     assert f'easyfaas_calls_total{{function="{echo}",status="success"}}' in text
     assert f'easyfaas_cold_starts_total{{function="{echo}"}}' in text
+
+
+def test_aliases_route_calls_and_split_traffic(engine: RunningEngine, tmp_path: Path) -> None:
+    name = f"aliased-{uuid.uuid4().hex[:6]}"
+    for n in (1, 2):
+        engine.deploy(write_function(tmp_path / f"v{n}", f"def handler(e, c):\n    return {n}\n"), name)
+    api = engine.client._http
+    assert api.put(f"/v1/functions/{name}/aliases/stable", json={"version": "1"}).status_code == 200
+    assert engine.client.invoke(name, b"{}").json() == 2
+    assert api.post(f"/v1/functions/{name}/invoke", params={"qualifier": "stable"}, content=b"{}").json() == 1
+    assert api.post(f"/v1/functions/{name}/invoke", params={"qualifier": "1"}, content=b"{}").json() == 1
+    api.put(f"/v1/functions/{name}/aliases/canary", json={"version": "1", "additional_version": "2", "weight": 0.5})
+    seen = {api.post(f"/v1/functions/{name}/invoke", params={"qualifier": "canary"}, content=b"{}").json() for _ in range(40)}
+    assert seen == {1, 2}  # 40 draws at 50 %: both versions (odds of missing one: 2 in 10^12)
+    bad = api.put(f"/v1/functions/{name}/aliases/broken", json={"version": "9"})
+    assert bad.status_code == 404
+    assert api.put(f"/v1/functions/{name}/aliases/w", json={"version": "1", "weight": 2}).status_code == 400
+    assert api.delete(f"/v1/functions/{name}/aliases/stable").status_code == 204
+    assert api.post(f"/v1/functions/{name}/invoke", params={"qualifier": "stable"}, content=b"{}").status_code == 404
+
+
+def test_update_config_makes_a_new_version_with_the_same_code(engine: RunningEngine, tmp_path: Path) -> None:
+    name = f"conf-{uuid.uuid4().hex[:6]}"
+    engine.deploy(write_function(tmp_path / "c", "import os\ndef handler(e, c):\n    return [os.environ.get('MODE'), c.memory_limit_in_mb]\n"), name)
+    api = engine.client._http
+    response = api.patch(f"/v1/functions/{name}", json={"env": {"MODE": "fast"}, "memory": 256})
+    assert response.status_code == 200 and response.json()["version"] == "2"
+    assert engine.client.invoke(name, b"{}").json() == ["fast", 256]
+    assert api.patch(f"/v1/functions/{name}", json={"memory": 1}).status_code == 400

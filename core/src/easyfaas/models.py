@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 __all__ = [
     "HANDLER_RE",
     "NAME_RE",
+    "Alias",
     "FunctionSpec",
     "FunctionVersion",
     "HttpRoute",
@@ -111,6 +112,26 @@ class FunctionVersion:
             "code_sha256": self.code_sha256,
             "created_at": self.created_at,
         }
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A name for a version; with ``additional_version`` a share ``weight`` of calls goes there (canary)."""
+
+    name: str
+    function: str
+    version: str
+    additional_version: str | None = None
+    weight: float = 0.0
+    description: str = ""
+    revision: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "function": self.function, "version": self.version,
+            "additional_version": self.additional_version, "weight": self.weight,
+            "description": self.description, "revision": self.revision,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)

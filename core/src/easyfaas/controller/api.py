@@ -25,7 +25,7 @@ from easyfaas.errors import (
     ThrottledError,
 )
 from easyfaas.interfaces import LATEST
-from easyfaas.models import FunctionSpec
+from easyfaas.models import NAME_RE, Alias, FunctionSpec
 
 __all__ = ["build_app", "error_response"]
 
@@ -68,6 +68,26 @@ def spec_from(data: dict[str, Any], name: str | None = None) -> FunctionSpec:
             for err in exc.errors()
         )
         raise FunctionSpecError(f"invalid function spec: {problems}") from None
+
+
+def alias_from(function: str, name: str, body: dict[str, Any]) -> Alias:
+    """Validate an alias request: a name that is not a version, versions as digits, weight in [0, 1]."""
+    if not NAME_RE.match(name) or name.isdigit():
+        raise FunctionSpecError(f"alias name {name!r} must start with a letter (digits name versions)")
+    version = str(body.get("version", ""))
+    additional = body.get("additional_version")
+    weight = body.get("weight", 0.0)
+    if not version.isdigit():
+        raise FunctionSpecError("version must be a published version number such as '1'")
+    if additional is not None and not str(additional).isdigit():
+        raise FunctionSpecError("additional_version must be a version number")
+    if not isinstance(weight, int | float) or isinstance(weight, bool) or not 0.0 <= weight <= 1.0:
+        raise FunctionSpecError("weight must be a number between 0 and 1")
+    if weight and additional is None:
+        raise FunctionSpecError("a weight needs an additional_version")
+    return Alias(name=name, function=function, version=version,
+                 additional_version=str(additional) if additional is not None else None,
+                 weight=float(weight), description=str(body.get("description", "")))  # fmt: skip
 
 
 def build_app(controller: Controller) -> web.Application:
@@ -128,6 +148,44 @@ def build_app(controller: Controller) -> web.Application:
     async def versions(request: web.Request) -> web.Response:
         fvs = await controller.registry.versions(request.match_info["name"])
         return web.json_response({"versions": [fv.to_dict() for fv in fvs]})
+
+    @routes.patch("/v1/functions/{name}")
+    async def update_config(request: web.Request) -> web.Response:
+        """A new version with the same code and the given spec fields changed."""
+        changes = _json_object(await request.read(), "request body")
+        fv = await controller.update_config(request.match_info["name"], changes)
+        return web.json_response(fv.to_dict())
+
+    @routes.post("/v1/functions/{name}/versions")
+    async def publish(request: web.Request) -> web.Response:
+        """Every deploy is already an immutable version: publishing names the latest one."""
+        fv = await controller.registry.resolve(request.match_info["name"])
+        return web.json_response(fv.to_dict(), status=201)
+
+    @routes.get("/v1/functions/{name}/aliases")
+    async def list_aliases(request: web.Request) -> web.Response:
+        aliases = await controller.registry.aliases(request.match_info["name"])
+        return web.json_response({"aliases": [a.to_dict() for a in aliases.values()]})
+
+    @routes.put("/v1/functions/{name}/aliases/{alias}")
+    async def put_alias(request: web.Request) -> web.Response:
+        """Body: ``{"version": "2", "additional_version": "3", "weight": 0.1, "description": ""}``."""
+        body = _json_object(await request.read(), "request body")
+        alias = alias_from(request.match_info["name"], request.match_info["alias"], body)
+        return web.json_response((await controller.registry.put_alias(alias)).to_dict())
+
+    @routes.get("/v1/functions/{name}/aliases/{alias}")
+    async def get_alias(request: web.Request) -> web.Response:
+        name, alias = request.match_info["name"], request.match_info["alias"]
+        found = (await controller.registry.aliases(name)).get(alias)
+        if found is None:
+            raise FunctionNotFoundError(f"function {name!r} has no alias {alias!r}")
+        return web.json_response(found.to_dict())
+
+    @routes.delete("/v1/functions/{name}/aliases/{alias}")
+    async def delete_alias(request: web.Request) -> web.Response:
+        await controller.registry.delete_alias(request.match_info["name"], request.match_info["alias"])
+        return web.Response(status=204)
 
     @routes.delete("/v1/functions/{name}")
     async def delete_function(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from pydantic import ValidationError
 
 from easyfaas.controller.activations import ActivationStore
 from easyfaas.controller.auth import Credentials, load_credentials
@@ -324,8 +325,9 @@ class Controller:
 
     async def _check_load(self, spec: FunctionSpec, code_dir: Path) -> None:
         """Load the handler once in a real sandbox so import errors surface at deploy time."""
-        os_mode = code_dir.stat().st_mode
-        code_dir.chmod(os_mode | 0o755)
+        mode = code_dir.stat().st_mode
+        if mode & 0o005 != 0o005:  # the runner is unprivileged: it must be able to enter the directory
+            code_dir.chmod(mode | 0o755)
         probe = FunctionVersion(spec=spec, version="deploy-check", code_dir=str(code_dir), code_sha256="", created_at=time.time())
         try:
             warm = await self.funclet.warm_up(probe)
@@ -335,6 +337,24 @@ class Controller:
             raise PlatformError(f"cannot check the handler: {exc}") from exc
         with contextlib.suppress(EasyFaaSError):
             await self.funclet.destroy(warm.sandbox.id)
+
+    async def update_config(self, name: str, changes: dict[str, Any]) -> FunctionVersion:
+        """A new version with the latest version's code and ``changes`` applied to its spec."""
+        fv = await self.registry.resolve(name)
+        try:
+            spec = FunctionSpec.model_validate({**fv.spec.model_dump(), **changes, "name": name})
+        except ValidationError as exc:
+            raise FunctionSpecError(f"invalid configuration: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+        runtime = self.runtimes.get(spec.runtime)
+        if runtime is None:
+            raise FunctionSpecError(f"runtime {spec.runtime!r} is not enabled")
+        code_dir = Path(fv.code_dir)
+        runtime.check_code(code_dir, spec.handler)
+        if (spec.handler, spec.runtime, spec.env) != (fv.spec.handler, fv.spec.runtime, fv.spec.env):
+            await self._check_load(spec, code_dir)
+        new = await self.registry.deploy(spec, code_dir)
+        self.scheduler.retire_idle()
+        return new
 
     async def delete(self, name: str) -> None:
         await self.registry.delete(name)

@@ -5,11 +5,12 @@ Calls resolve ``name[:qualifier]`` here without touching the store on the hot pa
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from easyfaas.errors import FunctionNotFoundError
 from easyfaas.interfaces import LATEST, CodeStore
-from easyfaas.models import FunctionSpec, FunctionVersion
+from easyfaas.models import Alias, FunctionSpec, FunctionVersion
 
 __all__ = ["FunctionRegistry"]
 
@@ -18,11 +19,19 @@ class FunctionRegistry:
     def __init__(self, store: CodeStore) -> None:
         self.store = store
         self._latest: dict[str, FunctionVersion] = {}
+        self._aliases: dict[str, dict[str, Alias]] = {}
 
     async def load(self) -> None:
         self._latest = {fv.name: fv for fv in await self.store.list()}
 
     async def resolve(self, name: str, qualifier: str = LATEST) -> FunctionVersion:
+        """``qualifier`` is ``$LATEST``, a version number, or an alias (weighted if it has two versions)."""
+        if qualifier and qualifier != LATEST and not qualifier.isdigit():
+            alias = (await self.aliases(name)).get(qualifier)
+            if alias is None:
+                raise FunctionNotFoundError(f"function {name!r} has no alias {qualifier!r}")
+            use_additional = alias.additional_version and random.random() < alias.weight
+            qualifier = alias.additional_version if use_additional and alias.additional_version else alias.version
         if qualifier == LATEST or not qualifier:
             fv = self._latest.get(name)
             if fv is None:
@@ -34,12 +43,32 @@ class FunctionRegistry:
             return latest
         return await self.store.get(name, qualifier)
 
+    async def aliases(self, name: str) -> dict[str, Alias]:
+        cached = self._aliases.get(name)
+        if cached is None:
+            cached = self._aliases[name] = await self.store.aliases(name)
+        return cached
+
+    async def put_alias(self, alias: Alias) -> Alias:
+        stored = await self.store.put_alias(alias)
+        self._aliases.pop(alias.function, None)
+        return stored
+
+    async def delete_alias(self, name: str, alias: str) -> None:
+        await self.store.delete_alias(name, alias)
+        self._aliases.pop(name, None)
+
     def exists(self, name: str) -> bool:
         return name in self._latest
 
     def is_current(self, fv: FunctionVersion) -> bool:
+        """Whether new calls may still reach ``fv``: it is the latest, or an alias points at it."""
         latest = self._latest.get(fv.name)
-        return latest is not None and latest.version == fv.version
+        if latest is None:
+            return False
+        if latest.version == fv.version:
+            return True
+        return any(fv.version in (a.version, a.additional_version) for a in self._aliases.get(fv.name, {}).values())
 
     def latest(self) -> list[FunctionVersion]:
         return sorted(self._latest.values(), key=lambda fv: fv.name)
@@ -54,6 +83,7 @@ class FunctionRegistry:
             await self.store.get(name)  # raises FunctionNotFoundError
         await self.store.delete(name)
         self._latest.pop(name, None)
+        self._aliases.pop(name, None)
 
     async def versions(self, name: str) -> list[FunctionVersion]:
         if not name:

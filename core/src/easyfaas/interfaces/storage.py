@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
-from easyfaas.models import FunctionSpec, FunctionVersion
+from easyfaas.models import Alias, FunctionSpec, FunctionVersion
 
 __all__ = ["LATEST", "CodeStore"]
 
@@ -52,6 +52,21 @@ class CodeStore(ABC):
     @abstractmethod
     async def delete(self, name: str) -> None:
         """Remove a function and all its versions; ``FunctionNotFoundError`` if unknown."""
+
+    @abstractmethod
+    async def put_alias(self, alias: Alias) -> Alias:
+        """Create or replace an alias; returns it with a new ``revision``.
+
+        ``FunctionNotFoundError`` if the function or a version it names does not exist.
+        """
+
+    @abstractmethod
+    async def aliases(self, name: str) -> dict[str, Alias]:
+        """Every alias of a function by alias name; ``FunctionNotFoundError`` if unknown."""
+
+    @abstractmethod
+    async def delete_alias(self, name: str, alias: str) -> None:
+        """Remove an alias; ``FunctionNotFoundError`` if the function or alias is unknown."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release resources; called once at shutdown."""

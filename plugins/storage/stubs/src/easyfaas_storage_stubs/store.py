@@ -13,11 +13,12 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from easyfaas.errors import FunctionNotFoundError
 from easyfaas.interfaces import LATEST, CodeStore
-from easyfaas.models import NAME_RE, FunctionSpec, FunctionVersion
+from easyfaas.models import NAME_RE, Alias, FunctionSpec, FunctionVersion
 
 __all__ = ["StubsStore"]
 
@@ -113,6 +114,37 @@ class StubsStore(CodeStore):
             os.rename(fn_dir, trash)
             self._cache = {k: v for k, v in self._cache.items() if k[0] != name}
             await asyncio.to_thread(_remove_tree, trash)
+
+
+    # -- aliases: PATH/<name>/aliases.json, replaced atomically -----------------------------
+
+    async def put_alias(self, alias: Alias) -> Alias:
+        async with self._lock:
+            current = await self.aliases(alias.function)
+            for version in filter(None, (alias.version, alias.additional_version)):
+                await self.get(alias.function, version)
+            stored = Alias(**{**alias.to_dict(), "revision": uuid.uuid4().hex})
+            current[alias.name] = stored
+            self._write_aliases(alias.function, current)
+            return stored
+
+    async def aliases(self, name: str) -> dict[str, Alias]:
+        await self.get(name)
+        try:
+            raw = json.loads((self.root / name / "aliases.json").read_text())
+        except FileNotFoundError:
+            return {}
+        return {key: Alias(**value) for key, value in raw.items()}
+
+    async def delete_alias(self, name: str, alias: str) -> None:
+        async with self._lock:
+            current = await self.aliases(name)
+            if current.pop(alias, None) is None:
+                raise FunctionNotFoundError(f"function {name!r} has no alias {alias!r}")
+            self._write_aliases(name, current)
+
+    def _write_aliases(self, name: str, aliases: dict[str, Alias]) -> None:
+        _atomic_write(self.root / name / "aliases.json", json.dumps({k: v.to_dict() for k, v in aliases.items()}, indent=2))
 
 
 def _tree_digest(root: Path) -> str:
