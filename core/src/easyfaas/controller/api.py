@@ -5,9 +5,11 @@ Errors are JSON ``{"error": {"type", "message", ...}}`` with a status code per e
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -16,6 +18,7 @@ from pydantic import ValidationError
 
 from easyfaas.controller.auth import auth_middleware
 from easyfaas.controller.engine import Controller
+from easyfaas.controller.lambda_api import add_lambda_routes
 from easyfaas.errors import (
     EasyFaaSError,
     FunctionError,
@@ -26,6 +29,7 @@ from easyfaas.errors import (
 )
 from easyfaas.interfaces import LATEST
 from easyfaas.models import NAME_RE, Alias, FunctionSpec
+from easyfaas.packaging import pack_directory
 
 __all__ = ["build_app", "error_response"]
 
@@ -144,6 +148,14 @@ def build_app(controller: Controller) -> web.Application:
         fv = await controller.registry.resolve(request.match_info["name"], request.query.get("qualifier", LATEST))
         return web.json_response(fv.to_dict())
 
+    @routes.get("/v1/functions/{name}/code")
+    async def get_code(request: web.Request) -> web.Response:
+        """The version's code as a zip (what was deployed, as stored)."""
+        fv = await controller.registry.resolve(request.match_info["name"], request.query.get("qualifier", LATEST))
+        archive = await asyncio.to_thread(pack_directory, Path(fv.code_dir))
+        disposition = f'attachment; filename="{fv.name}-{fv.version}.zip"'
+        return web.Response(body=archive, content_type="application/zip", headers={"Content-Disposition": disposition})
+
     @routes.get("/v1/functions/{name}/versions")
     async def versions(request: web.Request) -> web.Response:
         fvs = await controller.registry.versions(request.match_info["name"])
@@ -246,6 +258,7 @@ def build_app(controller: Controller) -> web.Application:
         return web.Response(body=generate_latest(controller.metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.add_routes(routes)
+    add_lambda_routes(app, controller)
     return app
 
 
