@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from easyfaas.controller.auth import auth_middleware
 from easyfaas.controller.engine import Controller
 from easyfaas.controller.lambda_api import add_lambda_routes
+from easyfaas.controller.openapi import openapi_document
 from easyfaas.errors import (
     EasyFaaSError,
     FunctionError,
@@ -111,6 +113,10 @@ def build_app(controller: Controller) -> web.Application:
             {"status": "ok", "funclet": funclet, "triggers": triggers, "functions": len(controller.registry.latest())}
         )
 
+    @routes.get("/v1/openapi.json")
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
     @routes.get("/v1/functions")
     async def list_functions(request: web.Request) -> web.Response:
         return web.json_response({"functions": [fv.to_dict() for fv in controller.registry.latest()]})
@@ -123,14 +129,18 @@ def build_app(controller: Controller) -> web.Application:
         spec_data: dict[str, Any] = {}
         archive = b""
         if request.content_type.startswith("multipart/"):
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader):
-                    continue
-                if part.name == "spec":
-                    spec_data = _json_object(await part.read(decode=True), "spec")
-                elif part.name == "code":
-                    archive = bytes(await part.read(decode=False))
+            try:
+                reader = await request.multipart()
+                while (part := await reader.next()) is not None:
+                    if not isinstance(part, BodyPartReader):
+                        continue
+                    if part.name == "spec":
+                        spec_data = _json_object(await part.read(decode=True), "spec")
+                    elif part.name == "code":
+                        archive = bytes(await part.read(decode=False))
+            except (HttpProcessingError, ValueError, AssertionError) as exc:
+                # aiohttp's multipart reader asserts on some malformed bodies.
+                raise FunctionSpecError(f"malformed multipart body: {exc}") from None
         else:
             body = _json_object(await request.read(), "request body")
             spec_data = body.get("spec") or {}
