@@ -146,3 +146,28 @@ def test_private_functions_need_the_token_on_the_http_trigger(engine: RunningEng
     engine.deploy(code, "private")
     assert engine.call("private", method="GET").status_code == 401
     assert engine.call("private", method="GET", headers={"Authorization": f"Bearer {engine.token}"}).json() == "secret"
+
+
+def test_update_versions_alias_and_logs(engine: RunningEngine, tmp_path: Path) -> None:
+    code = write_function(tmp_path / "vers", "import os\ndef handler(e, c):\n    print('hello from', c.function_version)\n    return os.environ.get('M')\n")
+    assert cli(engine, "deploy", "vers", str(code)).returncode == 0
+    updated = cli(engine, "update", "vers", "--env", "M=x", "--memory", "192")
+    assert updated.returncode == 0 and "version 2" in updated.stdout
+    rows = json.loads(cli(engine, "-o", "json", "versions", "vers").stdout)
+    assert [(r["version"], r["memory"]) for r in rows] == [("1", 128), ("2", 192)]
+    assert cli(engine, "alias", "set", "vers", "stable", "1").returncode == 0
+    listed = json.loads(cli(engine, "-o", "json", "alias", "list", "vers").stdout)
+    assert listed[0]["name"] == "stable" and listed[0]["version"] == "1"
+    assert json.loads(cli(engine, "invoke", "vers").stdout) == "x"
+    logs = cli(engine, "logs", "vers")
+    assert "hello from 2" in logs.stdout
+    assert cli(engine, "alias", "delete", "vers", "stable").returncode == 0
+    assert cli(engine, "update", "vers").returncode == 2
+
+
+def test_large_upload_shows_progress_and_deploys(engine: RunningEngine, tmp_path: Path) -> None:
+    code = write_function(tmp_path / "big", "def handler(e, c):\n    return len(open('blob.bin', 'rb').read())\n")
+    (code / "blob.bin").write_bytes(os.urandom(3 * 2**20))
+    out = cli(engine, "deploy", "big", str(code))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(cli(engine, "invoke", "big").stdout) == 3 * 2**20

@@ -36,6 +36,30 @@ def _emit(ctx: click.Context, value: Any, human: str) -> None:
         click.echo(human)
 
 
+def _table(ctx: click.Context, rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
+    """``rows`` as JSON, or as a table of ``(title, key)`` columns."""
+    if ctx.obj["output"] == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for title, _ in columns:
+        table.add_column(title, no_wrap=True)
+    for row in rows:
+        table.add_row(*(_cell(row.get(key)) for _, key in columns))
+    Console(width=max(120, sum(len(t) for t, _ in columns) * 3)).print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
 class _Client:
     """Opens the API client lazily and turns its errors into exit codes."""
 
@@ -217,8 +241,123 @@ def deploy(ctx: click.Context, name: str, path: Path, runtime: str | None, handl
                  "concurrency": concurrency, "env": _parse_env(env), "name": name}  # fmt: skip
     with _Client(ctx) as client:
         spec, archive = load_function_dir(path, overrides)
-        fv = client.deploy(name, spec, archive)
+        if len(archive) >= 1 << 20 and ctx.obj["output"] != "json":
+            from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+            with Progress("uploading", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+                task = bar.add_task("upload", total=len(archive))
+                fv = client.deploy(name, spec, archive, progress=lambda sent: bar.update(task, completed=sent))
+        else:
+            fv = client.deploy(name, spec, archive)
     _emit(ctx, fv, f"deployed {fv['name']} version {fv['version']} ({len(archive)} bytes, runtime {fv['runtime']})")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--handler", default=None)
+@click.option("--runtime", default=None)
+@click.option("--memory", type=int, default=None, help="Memory limit in MB.")
+@click.option("--timeout", type=float, default=None, help="Timeout in seconds.")
+@click.option("--concurrency", type=int, default=None, help="Max instances.")
+@click.option("--instance-concurrency", type=int, default=None, help="Calls per instance.")
+@click.option("--min-warm", type=int, default=None, help="Instances kept ready.")
+@click.option("--keep-alive", type=float, default=None, help="Idle seconds before an instance retires.")
+@click.option("--env", "env", multiple=True, help="KEY=VALUE (replaces the whole environment). Repeatable.")
+@click.pass_context
+def update(ctx: click.Context, name: str, env: tuple[str, ...], **changes: Any) -> None:
+    """Change a function's configuration: a new version with the same code."""
+    body = {k: v for k, v in changes.items() if v is not None}
+    if env:
+        body["env"] = _parse_env(env)
+    if not body:
+        _fail("nothing to change: give at least one option", 2)
+    with _Client(ctx) as client:
+        fv = client.update(name, body)
+    _emit(ctx, fv, f"updated {fv['name']}: version {fv['version']}")
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_context
+def versions(ctx: click.Context, name: str) -> None:
+    """List a function's versions."""
+    with _Client(ctx) as client:
+        rows = client.versions(name)
+    _table(ctx, rows, [("VERSION", "version"), ("RUNTIME", "runtime"), ("HANDLER", "handler"), ("MEMORY", "memory"),
+                       ("TIMEOUT", "timeout"), ("SHA256", "code_sha256")])  # fmt: skip
+
+
+@cli.group()
+def alias() -> None:
+    """Manage aliases: names for versions, optionally splitting traffic (canary)."""
+
+
+@alias.command("set")
+@click.argument("name")
+@click.argument("alias_name")
+@click.argument("version")
+@click.option("--additional-version", default=None, help="Second version that gets --weight of the calls.")
+@click.option("--weight", type=float, default=0.0, help="Share of calls (0..1) for --additional-version.")
+@click.option("--description", default="")
+@click.pass_context
+def alias_set(ctx: click.Context, name: str, alias_name: str, version: str, additional_version: str | None,
+              weight: float, description: str) -> None:  # fmt: skip
+    """Point ALIAS_NAME of function NAME at VERSION."""
+    body = {"version": version, "additional_version": additional_version, "weight": weight, "description": description}
+    with _Client(ctx) as client:
+        stored = client.put_alias(name, alias_name, body)
+    split = f" and {stored['additional_version']} ({stored['weight']:.0%})" if stored["additional_version"] else ""
+    _emit(ctx, stored, f"{name}:{alias_name} → version {stored['version']}{split}")
+
+
+@alias.command("list")
+@click.argument("name")
+@click.pass_context
+def alias_list(ctx: click.Context, name: str) -> None:
+    """List the aliases of function NAME."""
+    with _Client(ctx) as client:
+        rows = client.aliases(name)
+    _table(ctx, rows, [("ALIAS", "name"), ("VERSION", "version"), ("ADDITIONAL", "additional_version"), ("WEIGHT", "weight")])
+
+
+@alias.command("delete")
+@click.argument("name")
+@click.argument("alias_name")
+@click.pass_context
+def alias_delete(ctx: click.Context, name: str, alias_name: str) -> None:
+    """Delete an alias."""
+    with _Client(ctx) as client:
+        client.delete_alias(name, alias_name)
+    _emit(ctx, {"deleted": f"{name}:{alias_name}"}, f"deleted alias {name}:{alias_name}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new calls' logs until Ctrl-C.")
+@click.option("--limit", default=20, show_default=True, help="How many recent calls to show first.")
+@click.pass_context
+def logs(ctx: click.Context, name: str, follow: bool, limit: int) -> None:
+    """What function NAME printed, call by call (oldest first)."""
+    import time
+
+    def show(rows: list[dict[str, Any]]) -> None:
+        for row in sorted(rows, key=lambda r: r["seq"]):
+            if ctx.obj["output"] == "json":
+                click.echo(json.dumps({k: row[k] for k in ("id", "status", "start", "duration_ms", "logs")}))
+                continue
+            click.echo(f"--- {row['id']} {row['status']} {row['duration_ms']:.2f} ms")
+            if row["logs"]:
+                click.echo(row["logs"], nl=not row["logs"].endswith("\n"))
+
+    with _Client(ctx) as client:
+        rows = client.activations(name, limit=limit)
+        show(rows)
+        last = max((r["seq"] for r in rows), default=0)
+        while follow:
+            time.sleep(0.5)
+            rows = client.activations(name, limit=1000, since=last)
+            show(rows)
+            last = max((r["seq"] for r in rows), default=last)
 
 
 @cli.command("list")
@@ -227,9 +366,8 @@ def list_(ctx: click.Context) -> None:
     """List deployed functions."""
     with _Client(ctx) as client:
         functions = client.list()
-    lines = [f"{'NAME':<24} {'VERSION':<8} {'RUNTIME':<10} HANDLER"]
-    lines += [f"{f['name']:<24} {f['version']:<8} {f['runtime']:<10} {f['handler']}" for f in functions]
-    _emit(ctx, functions, "\n".join(lines))
+    _table(ctx, functions, [("NAME", "name"), ("VERSION", "version"), ("RUNTIME", "runtime"), ("HANDLER", "handler"),
+                            ("MEMORY", "memory"), ("TIMEOUT", "timeout")])  # fmt: skip
 
 
 @cli.command()
@@ -290,9 +428,8 @@ def ps(ctx: click.Context) -> None:
     """List running instances and their states."""
     with _Client(ctx) as client:
         rows = client.instances()
-    lines = [f"{'INSTANCE':<16} {'FUNCTION':<20} {'VER':<5} {'STATE':<9} {'CALLS':>6} {'INIT ms':>8}"]
-    lines += [f"{r['id']:<16} {r['function']:<20} {r['version']:<5} {r['state']:<9} {r['calls']:>6} {r['init_ms']:>8}" for r in rows]
-    _emit(ctx, rows, "\n".join(lines))
+    _table(ctx, rows, [("INSTANCE", "id"), ("FUNCTION", "function"), ("VER", "version"), ("STATE", "state"),
+                       ("CALLS", "calls"), ("INIT ms", "init_ms"), ("IDLE s", "idle_s")])  # fmt: skip
 
 
 @cli.command()
@@ -303,9 +440,8 @@ def activations(ctx: click.Context, name: str | None, limit: int) -> None:
     """Recent activation records (all functions, or NAME's)."""
     with _Client(ctx) as client:
         rows = client.activations(name, limit=limit)
-    lines = [f"{'ID':<32} {'FUNCTION':<16} {'STATUS':<18} {'ms':>9}"]
-    lines += [f"{r['id']:<32} {r['function']:<16} {r['status']:<18} {r['duration_ms']:>9.2f}" for r in rows]
-    _emit(ctx, rows, "\n".join(lines))
+    _table(ctx, rows, [("ID", "id"), ("FUNCTION", "function"), ("VER", "version"), ("STATUS", "status"),
+                       ("ms", "duration_ms"), ("INIT ms", "init_ms"), ("TRIGGER", "trigger")])  # fmt: skip
 
 
 def main() -> None:

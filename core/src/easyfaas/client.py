@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +127,41 @@ class EngineClient:
     def health(self) -> dict[str, Any]:
         return dict(self._request("GET", "/v1/health").json())
 
-    def deploy(self, name: str, spec: dict[str, Any], archive: bytes) -> dict[str, Any]:
-        files = {"spec": (None, json.dumps(spec), "application/json"), "code": ("code.zip", archive, "application/zip")}
-        return dict(self._request("PUT", f"/v1/functions/{name}", files=files).json())
+    def deploy(
+        self, name: str, spec: dict[str, Any], archive: bytes, *, progress: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
+        """Upload a new version; ``progress`` is called with the bytes sent so far."""
+        boundary = uuid.uuid4().hex
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="spec"\r\nContent-Type: application/json\r\n\r\n'
+            f"{json.dumps(spec)}\r\n--{boundary}\r\n"
+            'Content-Disposition: form-data; name="code"; filename="code.zip"\r\nContent-Type: application/zip\r\n\r\n'
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+
+        def body() -> Iterator[bytes]:
+            sent = 0
+            for chunk in (head, *(archive[i : i + 256 * 1024] for i in range(0, len(archive), 256 * 1024)), tail):
+                yield chunk
+                sent += len(chunk)
+                if progress is not None:
+                    progress(sent)
+
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}",
+                   "Content-Length": str(len(head) + len(archive) + len(tail))}  # fmt: skip
+        return dict(self._request("PUT", f"/v1/functions/{name}", content=body(), headers=headers).json())
+
+    def update(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._request("PATCH", f"/v1/functions/{name}", json=changes).json())
+
+    def aliases(self, name: str) -> _Rows:
+        return list(self._request("GET", f"/v1/functions/{name}/aliases").json()["aliases"])
+
+    def put_alias(self, name: str, alias: str, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._request("PUT", f"/v1/functions/{name}/aliases/{alias}", json=body).json())
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._request("DELETE", f"/v1/functions/{name}/aliases/{alias}")
 
     def list(self) -> _Rows:
         return list(self._request("GET", "/v1/functions").json()["functions"])
