@@ -264,7 +264,7 @@ def deploy(ctx: click.Context, name: str, path: Path, runtime: str | None, handl
 @click.option("--keep-alive", type=float, default=None, help="Idle seconds before an instance retires.")
 @click.option("--env", "env", multiple=True, help="KEY=VALUE (replaces the whole environment). Repeatable.")
 @click.pass_context
-def update(ctx: click.Context, name: str, env: tuple[str, ...], **changes: Any) -> None:
+def update(ctx: click.Context, /, name: str, env: tuple[str, ...], **changes: Any) -> None:
     """Change a function's configuration: a new version with the same code."""
     body = {k: v for k, v in changes.items() if v is not None}
     if env:
