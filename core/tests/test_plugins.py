@@ -93,10 +93,11 @@ def test_naming_the_broken_plugin_is_a_hard_error_with_the_cause(tmp_path: Path)
 
 
 def test_a_missing_plugin_names_the_distribution_to_install() -> None:
+    # A sandbox no distribution provides ('docker' exists now: easyfaas-sandbox-docker).
     with pytest.raises(PluginNotFoundError) as info:
-        Plugins().load({"sandboxes": ["docker"]})
+        Plugins().load({"sandboxes": ["firecracker"]})
     assert str(info.value) == (
-        "sandbox plugin 'docker' not found in group 'easyfaas.sandboxes'. Install easyfaas-sandbox-docker"
+        "sandbox plugin 'firecracker' not found in group 'easyfaas.sandboxes'. Install easyfaas-sandbox-firecracker"
     )
 
 
