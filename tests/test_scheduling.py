@@ -15,7 +15,9 @@ from easyfaas.client import ApiError
 from easyfaas.testing import RunningEngine, write_function
 
 SLEEPY = "import time\ndef handler(e, c):\n    time.sleep(0.5)\n    return 'done'\n"
-PID = "import os\ndef handler(e, c):\n    return os.getpid()\n"
+# An id per instance (pids repeat across pid namespaces: every namespace sandbox's runner is pid 3).
+PID = "import uuid\nID = uuid.uuid4().hex\ndef handler(e, c):\n    return ID\n"
+HOST_PID = "import os\ndef handler(e, c):\n    return os.getpid()\n"
 
 
 def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
@@ -144,7 +146,7 @@ def test_an_instance_that_stops_answering_is_replaced(tmp_path: Path) -> None:
     import signal
 
     with RunningEngine(tmp_path / "e", controller={"health_interval": "1s"}) as engine:
-        engine.deploy(write_function(tmp_path / "f", PID), "frozen")
+        engine.deploy(write_function(tmp_path / "f", HOST_PID), "frozen")  # process sandbox: host pids
         pid = engine.call("frozen", method="GET").json()
         os.kill(pid, signal.SIGSTOP)  # alive but deaf: only a health check can tell
         try:

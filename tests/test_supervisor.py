@@ -13,7 +13,8 @@ import pytest
 
 from easyfaas.testing import RunningEngine, sandbox_params, write_function
 
-HELLO = "import os\ndef handler(e, c):\n    return {'pid': os.getpid()}\n"
+# An id per instance (pids repeat across pid namespaces: every namespace sandbox's runner is pid 3).
+HELLO = "import uuid\nID = uuid.uuid4().hex\ndef handler(e, c):\n    return {'pid': ID}\n"
 SLOW = "import time\ndef handler(e, c):\n    time.sleep(1.5)\n    return 'finished'\n"
 
 
