@@ -1,0 +1,11 @@
+"""Entry point of the ``http`` runtime plugin (``easyfaas.runtimes`` group in pyproject.toml)."""
+
+from __future__ import annotations
+
+from easyfaas.plugin import Registry, hookimpl
+from easyfaas_runtime_http.runtime import HttpRuntime
+
+
+@hookimpl
+def easyfaas_register_runtimes(register: Registry) -> None:
+    register.add_runtime(HttpRuntime)
