@@ -170,3 +170,21 @@ def test_tampered_body_is_refused(engine: RunningEngine, lam: Any, fn: str) -> N
     headers = dict(request.headers.items())
     assert httpx.post(url, content=b'{"a": 1}', headers=headers).status_code == 200
     assert httpx.post(url, content=b'{"a": 2}', headers=headers).status_code == 403
+
+
+def test_event_invocation_is_accepted_and_runs(engine: RunningEngine, lam: Any, fn: str) -> None:
+    import time
+
+    response = lam.invoke(FunctionName=fn, InvocationType="Event", Payload=json.dumps({"async": True}))
+    assert response["StatusCode"] == 202
+    activation = response["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
+    deadline = time.monotonic() + 30
+    while True:
+        record = engine.client.activation(activation)
+        if record["status"] not in ("queued", "running"):
+            break
+        assert time.monotonic() < deadline, record
+        time.sleep(0.1)
+    assert record["status"] == "success" and json.loads(record["result"])["got"] == {"async": True}
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.invoke(FunctionName="does-not-exist", InvocationType="Event", Payload=b"{}")

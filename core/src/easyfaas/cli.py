@@ -394,9 +394,11 @@ def delete(ctx: click.Context, name: str) -> None:
 @click.argument("name")
 @click.option("--data", "-d", default=None, help="Event as JSON, or @FILE to read it from a file.")
 @click.option("--log-tail", is_flag=True, help="Also print what the function logged during the call.")
+@click.option("--async", "async_", is_flag=True, help="Queue the call and print its activation id (docs/async.md).")
+@click.option("--idempotency-key", default=None, help="With --async: a key reused within the window returns the first id.")
 @click.pass_context
-def invoke(ctx: click.Context, name: str, data: str | None, log_tail: bool) -> None:
-    """Call a function synchronously and print its result."""
+def invoke(ctx: click.Context, name: str, data: str | None, log_tail: bool, async_: bool, idempotency_key: str | None) -> None:
+    """Call a function synchronously and print its result (or, with --async, queue it)."""
     import base64
 
     if data is None:
@@ -412,6 +414,11 @@ def invoke(ctx: click.Context, name: str, data: str | None, log_tail: bool) -> N
         json.loads(payload)
     except ValueError as exc:
         _fail(f"--data is not valid JSON: {exc}", 2)
+    if async_:  # issue #6
+        with _Client(ctx) as client:
+            activation_id = client.invoke_async(name, payload, idempotency_key=idempotency_key)
+        _emit(ctx, {"activation_id": activation_id}, activation_id)
+        return
     with _Client(ctx) as client:
         response = client.invoke(name, payload, log_tail=log_tail)
     if log_tail and "X-Easyfaas-Log-Result" in response.headers:
@@ -442,6 +449,58 @@ def activations(ctx: click.Context, name: str | None, limit: int) -> None:
         rows = client.activations(name, limit=limit)
     _table(ctx, rows, [("ID", "id"), ("FUNCTION", "function"), ("VER", "version"), ("STATUS", "status"),
                        ("ms", "duration_ms"), ("INIT ms", "init_ms"), ("TRIGGER", "trigger")])  # fmt: skip
+
+
+# -- issue #6: dead letters of asynchronous calls (docs/async.md) ---------------------------
+
+
+@cli.group()
+def dlq() -> None:
+    """Dead letters: asynchronous calls given up after their retries or max event age."""
+
+
+@dlq.command("list")
+@click.option("--function", "function", default=None, help="Only this function's.")
+@click.option("--limit", default=100, show_default=True)
+@click.pass_context
+def dlq_list(ctx: click.Context, function: str | None, limit: int) -> None:
+    """List dead letters, newest first."""
+    with _Client(ctx) as client:
+        rows = client.dead_letters(function, limit=limit)
+    if ctx.obj["output"] != "json":  # columns for people; JSON keeps the API's rows
+        import time
+
+        for row in rows:
+            row["attempt_count"] = len(row["attempts"])
+            row["dead"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["dead_at"] or 0))
+    _table(ctx, rows, [("ID", "id"), ("FUNCTION", "function"), ("REASON", "reason"), ("ATTEMPTS", "attempt_count"),
+                       ("DEAD AT", "dead"), ("TRIGGER", "trigger")])  # fmt: skip
+
+
+@dlq.command("redrive")
+@click.argument("activation_id")
+@click.pass_context
+def dlq_redrive(ctx: click.Context, activation_id: str) -> None:
+    """Queue a dead letter again (same activation id, fresh attempts and age)."""
+    with _Client(ctx) as client:
+        queued = client.redrive(activation_id)
+    _emit(ctx, {"activation_id": queued}, f"queued {queued} again")
+
+
+@dlq.command("purge")
+@click.option("--function", "function", default=None, help="Only this function's.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def dlq_purge(ctx: click.Context, function: str | None, yes: bool) -> None:
+    """Delete dead letters (all, or one function's)."""
+    if not yes:
+        click.confirm(f"Delete the dead letters of {function or 'every function'}?", abort=True)
+    with _Client(ctx) as client:
+        purged = client.purge_dead_letters(function)
+    _emit(ctx, {"purged": purged}, f"purged {purged} dead letter(s)")
+
+
+# -- end of issue #6 -------------------------------------------------------------------------
 
 
 def main() -> None:

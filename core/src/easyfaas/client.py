@@ -188,3 +188,29 @@ class EngineClient:
         if function:
             params["function"] = function
         return list(self._request("GET", "/v1/activations", params=params).json()["activations"])
+
+    # -- asynchronous calls (issue #6, docs/async.md) ------------------------------------
+
+    def invoke_async(self, name: str, event: bytes, *, idempotency_key: str | None = None) -> str:
+        """Queue a call (Event invocation type); its activation id."""
+        headers = {"X-Easyfaas-Invocation-Type": "Event"}
+        if idempotency_key is not None:
+            headers["X-Easyfaas-Idempotency-Key"] = idempotency_key
+        response = self._request("POST", f"/v1/functions/{name}/invoke", content=event, headers=headers)
+        return str(response.json()["activation_id"])
+
+    def activation(self, activation_id: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/v1/activations/{activation_id}").json())
+
+    def dead_letters(self, function: str | None = None, *, limit: int = 100) -> _Rows:
+        params: dict[str, Any] = {"limit": limit}
+        if function:
+            params["function"] = function
+        return list(self._request("GET", "/v1/dead-letters", params=params).json()["dead_letters"])
+
+    def redrive(self, activation_id: str) -> str:
+        return str(self._request("POST", f"/v1/dead-letters/{activation_id}/redrive").json()["activation_id"])
+
+    def purge_dead_letters(self, function: str | None = None) -> int:
+        params = {"function": function} if function else {}
+        return int(self._request("DELETE", "/v1/dead-letters", params=params).json()["purged"])

@@ -6,6 +6,7 @@ Specs are validated with pydantic (they come from users); the rest are frozen da
 from __future__ import annotations
 
 import re
+import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,12 +16,14 @@ __all__ = [
     "HANDLER_RE",
     "NAME_RE",
     "Alias",
+    "AsyncPolicy",
     "FunctionSpec",
     "FunctionVersion",
     "HttpRoute",
     "SandboxEvent",
     "SandboxInfo",
     "SandboxStats",
+    "Schedule",
     "WarmupSpec",
 ]
 
@@ -42,10 +45,71 @@ class HttpRoute(BaseModel):
     methods: list[str] = Field(default_factory=lambda: ["ANY"])
 
 
+# -- async calls and schedules (issue #6, docs/async.md) ----------------------------------
+
+_CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,?#-]+$")
+_CRON_MACROS = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"})
+
+
+def _check_destination(value: str | None) -> str | None:
+    if value is None or NAME_RE.match(value) or re.match(r"^https?://[^\s/]+", value):
+        return value
+    raise ValueError("must be a function name or an http:// or https:// callback URL")
+
+
+class AsyncPolicy(BaseModel):
+    """How asynchronous calls of a function are retried, aged out and followed up."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int = Field(3, ge=1, le=100, description="runs in all, the first included")
+    backoff: float = Field(1.0, ge=0, le=3600, description="seconds before the first retry; doubles per retry")
+    max_backoff: float = Field(300.0, ge=0, le=86400, description="cap on one retry's delay, in seconds")
+    max_event_age: float = Field(21600.0, gt=0, le=7 * 86400, description="seconds after which a call is given up")
+    on_success: str | None = Field(None, description="function name or http(s):// URL told of each success")
+    on_failure: str | None = Field(None, description="function name or http(s):// URL told of each call given up")
+
+    _destinations = field_validator("on_success", "on_failure")(classmethod(lambda cls, v: _check_destination(v)))
+
+
+class Schedule(BaseModel):
+    """A cron schedule on which the cron trigger calls the function asynchronously."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Five fields (minute hour day month weekday), or six with seconds first, or a macro.
+    cron: str
+    timezone: str = "UTC"
+    #: The event each run receives; without one, a scheduled-event description.
+    event: Any = None
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str) -> str:
+        # Only the shape: the cron trigger parses it fully and refuses bad ones at deploy.
+        value = " ".join(value.split())
+        if value in _CRON_MACROS:
+            return value
+        fields = value.split(" ")
+        if len(fields) not in (5, 6) or not all(_CRON_FIELD_RE.match(f) for f in fields):
+            raise ValueError("must have 5 fields (minute hour day month weekday), 6 with seconds first, or be a macro like @hourly")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
+            raise ValueError(f"unknown time zone {value!r} (expected an IANA name like Europe/Paris)") from None
+        return value
+
+
 class FunctionSpec(BaseModel):
     """What a user deploys (DESIGN §6). Limits are documented in docs/functions.md."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # ``async`` is a keyword: the field is ``async_``, written and shown as ``async``.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True)
 
     name: str
     runtime: str = "python"
@@ -59,6 +123,8 @@ class FunctionSpec(BaseModel):
     keep_alive: float | None = Field(None, ge=0, le=86400, description="idle seconds before an instance retires")
     routes: list[HttpRoute] = Field(default_factory=list)
     public: bool = True
+    async_: AsyncPolicy = Field(default_factory=AsyncPolicy, alias="async")
+    schedules: list[Schedule] = Field(default_factory=list, max_length=32)
 
     @field_validator("name")
     @classmethod

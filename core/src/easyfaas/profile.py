@@ -29,8 +29,10 @@ funclet:
   pool: {python: 2}             # generic sandboxes kept ready per runtime
   limits: {memory_total: 4Gi}
 storage: {stubs: {}}
+queue: {sqlite: {}}             # where accepted async calls wait (<data_dir>/queue.db)
 triggers:
   http: {listen: 0.0.0.0:8080}
+  cron: {}                      # runs the functions' `schedules`
 runtimes: [python]
 """
 
@@ -99,15 +101,20 @@ class ControllerSection(_Section):
     queue_size: int = Field(1000, ge=0)
     max_payload: int = 6 * 2**20
     log_cap: int = 2**20
+    #: Async calls (issue #6, docs/async.md): event size limit, calls running at once, how
+    #: long an idempotency key is remembered.
+    async_max_payload: int = 2**20
+    async_concurrency: int = Field(32, ge=1, le=10000)
+    idempotency_window: float = 3600.0
 
     _addr = field_validator("api")(classmethod(lambda cls, v: _check_address(v)))
 
-    @field_validator("keep_alive", "max_queue_wait", "health_interval", mode="before")
+    @field_validator("keep_alive", "max_queue_wait", "health_interval", "idempotency_window", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
 
-    @field_validator("max_payload", "log_cap", mode="before")
+    @field_validator("max_payload", "log_cap", "async_max_payload", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int:
         return parse_size(value)
@@ -161,7 +168,10 @@ class EngineProfile(_Section):
     controller: ControllerSection = Field(default_factory=ControllerSection)
     funclet: FuncletSection = Field(default_factory=FuncletSection)
     storage: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: _section("stubs", {}))
-    triggers: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: _section("http", {"listen": "0.0.0.0:8080"}))
+    queue: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: _section("sqlite", {}))
+    triggers: dict[str, dict[str, Any] | None] = Field(
+        default_factory=lambda: {**_section("http", {"listen": "0.0.0.0:8080"}), **_section("cron", {})}
+    )
     runtimes: list[str] | dict[str, dict[str, Any] | None] = Field(default_factory=lambda: ["python"])
 
     @field_validator("storage")
@@ -169,6 +179,13 @@ class EngineProfile(_Section):
     def _one_store(cls, value: dict[str, Any]) -> dict[str, Any]:
         if len(value) != 1:
             raise ValueError("name exactly one code store, e.g. 'storage: {stubs: {}}'")
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _one_queue(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(value) != 1:
+            raise ValueError("name exactly one async queue, e.g. 'queue: {sqlite: {}}'")
         return value
 
 
@@ -218,6 +235,11 @@ class Profile:
     @property
     def storage(self) -> tuple[str, dict[str, Any]]:
         name, options = next(iter(self.model.storage.items()))
+        return name, dict(options or {})
+
+    @property
+    def queue(self) -> tuple[str, dict[str, Any]]:
+        name, options = next(iter(self.model.queue.items()))
         return name, dict(options or {})
 
     @property

@@ -17,6 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from easyfaas.controller.async_api import add_async_routes
 from easyfaas.controller.auth import auth_middleware
 from easyfaas.controller.engine import Controller
 from easyfaas.controller.lambda_api import add_lambda_routes
@@ -269,6 +270,7 @@ def build_app(controller: Controller) -> web.Application:
 
     app.add_routes(routes)
     add_lambda_routes(app, controller)
+    add_async_routes(app, controller)  # Event invocations, /v1/dead-letters (controller/async_api.py)
     return app
 
 

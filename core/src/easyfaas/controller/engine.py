@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from easyfaas.controller.activations import ActivationStore
 from easyfaas.controller.auth import Credentials, load_credentials
+from easyfaas.controller.dispatcher import Dispatcher, start_dispatcher
 from easyfaas.controller.funclet_client import FuncletClient
 from easyfaas.controller.instance import STATES
 from easyfaas.controller.registry import FunctionRegistry
@@ -38,7 +39,7 @@ from easyfaas.errors import (
     UnauthorizedError,
 )
 from easyfaas.interfaces import LATEST, CodeStore, InvocationResult, Runtime, Trigger
-from easyfaas.models import FunctionSpec, FunctionVersion
+from easyfaas.models import FunctionSpec, FunctionVersion, Schedule
 from easyfaas.packaging import PackageLimits, unpack
 from easyfaas.plugin.manager import Plugins
 from easyfaas.profile import Profile
@@ -113,6 +114,7 @@ class Controller:
         self.scheduler.on_cold_start = self._record_cold_start
         self.scheduler.on_throttle = lambda fv: self._throttles.labels(fv.name).inc()
         self.credentials: Credentials | None = None
+        self.dispatcher: Dispatcher | None = None  # async calls (issue #6), set by start()
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight = 0
         self._drained = asyncio.Event()
@@ -135,7 +137,7 @@ class Controller:
             self.runtimes[name] = plugins.create_runtime(name, **opts)
         for name, opts in trigger_opts.items():
             profile.check_plugin_options(("triggers", name), plugins.get("triggers", name), opts)
-            self.triggers[name] = plugins.create_trigger(name, **opts)
+            self.triggers[name] = plugins.create_trigger(name, data_dir=self.data_dir, **opts)
 
         cfg = profile.model.controller
         if cfg.auth:
@@ -145,8 +147,10 @@ class Controller:
             log.warning("management API authentication is OFF (controller.auth: false); anyone on this host can use it")
         self.registry = FunctionRegistry(self.store)
         await self.registry.load()
+        self._tasks.append(asyncio.create_task(self.registry.follow(), name="registry-follow"))  # issue #10: other nodes' deploys
         self.activations = ActivationStore(self.data_dir / "activations.db")
         self.activations.start()
+        self.dispatcher = await start_dispatcher(self)  # async calls: queue plugin + workers (issue #6)
         self._tasks.append(asyncio.create_task(self._watch_funclet(), name="funclet-events"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self.accepting = True
@@ -159,6 +163,8 @@ class Controller:
         for trigger in self.triggers.values():
             with contextlib.suppress(Exception):
                 await trigger.stop()
+        if self.dispatcher is not None:  # issue #6: running async calls finish, queued ones stay queued
+            await self.dispatcher.stop(drain_timeout)
         if self._inflight:
             self._drained.clear()
             with contextlib.suppress(TimeoutError):
@@ -215,6 +221,33 @@ class Controller:
         scheme, _, presented = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not self.credentials.token_matches(presented.strip()):
             raise UnauthorizedError(f"function {function!r} is not public: send 'Authorization: Bearer <token>'")
+
+    # issue #6: asynchronous calls (controller/dispatcher.py, docs/async.md) ------------------
+
+    async def invoke_async(
+        self,
+        function: str,
+        event: bytes,
+        *,
+        qualifier: str = LATEST,
+        idempotency_key: str | None = None,
+        trigger: str = "api",
+    ) -> str:
+        """Accept a call durably, to run later; its activation id.
+
+        Raises ``FunctionNotFoundError`` or ``PayloadTooLargeError`` (over
+        ``controller.async_max_payload``) instead of accepting it.
+        """
+        if self.dispatcher is None:
+            raise PlatformError("the engine is not started")
+        return await self.dispatcher.accept(
+            function, event, qualifier=qualifier, idempotency_key=idempotency_key, trigger=trigger
+        )
+
+    async def schedules(self) -> dict[str, list[Schedule]]:
+        return {fv.name: list(fv.spec.schedules) for fv in self.registry.latest() if fv.spec.schedules}
+
+    # -- end of issue #6 -----------------------------------------------------------------------
 
     async def function_exists(self, function: str) -> bool:
         try:
@@ -315,6 +348,8 @@ class Controller:
             code_dir.mkdir()
             await asyncio.to_thread(unpack, archive, code_dir, self.limits)
             runtime.check_code(code_dir, spec.handler)
+            for trigger in self.triggers.values():  # issue #6: e.g. the cron trigger parses schedules
+                trigger.check_spec(spec)
             await self._check_load(spec, code_dir)
             fv = await self.registry.deploy(spec, code_dir)
         finally:
@@ -350,6 +385,8 @@ class Controller:
             raise FunctionSpecError(f"runtime {spec.runtime!r} is not enabled")
         code_dir = Path(fv.code_dir)
         runtime.check_code(code_dir, spec.handler)
+        for trigger in self.triggers.values():  # issue #6: e.g. the cron trigger parses schedules
+            trigger.check_spec(spec)
         if (spec.handler, spec.runtime, spec.env) != (fv.spec.handler, fv.spec.runtime, fv.spec.env):
             await self._check_load(spec, code_dir)
         new = await self.registry.deploy(spec, code_dir)

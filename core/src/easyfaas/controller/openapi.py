@@ -106,7 +106,13 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [_QUALIFIER,
                            {"name": "log", "in": "query", "required": False, "schema": {"enum": ["tail"]}},
                            {"name": "X-Easyfaas-Invocation-Type", "in": "header", "required": False,
-                            "schema": {"enum": ["RequestResponse", "Event"]}}],
+                            "schema": {"enum": ["RequestResponse", "Event"]}},
+                           # issue #6: async calls (docs/async.md)
+                           {"name": "async", "in": "query", "required": False, "schema": {"enum": ["true", "false"]},
+                            "description": "true: same as X-Easyfaas-Invocation-Type: Event"},
+                           {"name": "X-Easyfaas-Idempotency-Key", "in": "header", "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                            "description": "Event calls: a key reused within the idempotency window returns the first call's id"}],
             "requestBody": {"required": False, "content": {"application/json": {"schema": {}}}},
             "responses": {**_ok("The result", {}), "202": {"description": "Accepted (Event): the activation id"},
                           **_errors(400, 401, 404, 413, 429, 502, 504)}}},
@@ -122,6 +128,21 @@ def openapi_document() -> dict[str, Any]:
             "summary": "One activation record",
             "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {**_ok("The record", {"type": "object"}), **_errors(401, 404)}}},
+        # issue #6: dead letters of async calls (docs/async.md)
+        "/v1/dead-letters": {
+            "get": {"summary": "Async calls given up, newest first",
+                    "parameters": [{"name": "function", "in": "query", "required": False, "schema": {"type": "string"}},
+                                   {"name": "limit", "in": "query", "required": False,
+                                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                    "responses": {**_ok("Dead letters", {"type": "object"}), **_errors(400, 401)}},
+            "delete": {"summary": "Purge dead letters (all, or one function's)",
+                       "parameters": [{"name": "function", "in": "query", "required": False, "schema": {"type": "string"}}],
+                       "responses": {**_ok("How many were purged", {"type": "object"}), **_errors(401)}},
+        },
+        "/v1/dead-letters/{id}/redrive": {"post": {
+            "summary": "Queue a dead letter again (same activation id, fresh attempts and age)",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"202": {"description": "Queued again: the activation id"}, **_errors(401, 404)}}},
     }
     return {
         "openapi": "3.1.0",

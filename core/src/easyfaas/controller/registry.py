@@ -5,14 +5,18 @@ Calls resolve ``name[:qualifier]`` here without touching the store on the hot pa
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 from pathlib import Path
 
-from easyfaas.errors import FunctionNotFoundError
+from easyfaas.errors import EasyFaaSError, FunctionNotFoundError
 from easyfaas.interfaces import LATEST, CodeStore
 from easyfaas.models import Alias, FunctionSpec, FunctionVersion
 
 __all__ = ["FunctionRegistry"]
+
+log = logging.getLogger(__name__)
 
 
 class FunctionRegistry:
@@ -23,6 +27,35 @@ class FunctionRegistry:
 
     async def load(self) -> None:
         self._latest = {fv.name: fv for fv in await self.store.list()}
+
+    # issue #10 (scale-out): follow changes other nodes make to a shared store ---------------
+
+    async def follow(self) -> None:
+        """Refresh each function the store says changed (``CodeStore.watch``), until cancelled;
+        returns at once for a store that only this node writes."""
+        while True:
+            try:
+                async for name in self.store.watch():
+                    await self.refresh(name)
+                return
+            except EasyFaaSError as exc:  # e.g. the store's server is away: it says so itself
+                log.warning("following the code store's changes failed (%s); starting over", exc)
+            except Exception:
+                log.exception("following the code store's changes failed; starting over")
+            # Starting over makes the store yield every function again: nothing stays stale.
+            await asyncio.sleep(1.0)
+
+    async def refresh(self, name: str) -> None:
+        """Re-read one function's latest version and forget its aliases (read again when used)."""
+        self._aliases.pop(name, None)
+        try:
+            fv = await self.store.get(name)
+        except FunctionNotFoundError:
+            self._latest.pop(name, None)
+            return
+        self._latest[name] = fv
+
+    # -- end of issue #10 --------------------------------------------------------------------
 
     async def resolve(self, name: str, qualifier: str = LATEST) -> FunctionVersion:
         """``qualifier`` is ``$LATEST``, a version number, or an alias (weighted if it has two versions)."""

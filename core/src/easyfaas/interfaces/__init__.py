@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from easyfaas.interfaces.queue import AsyncQueue, QueuedCall
 from easyfaas.interfaces.runtime import Runtime
 from easyfaas.interfaces.sandbox import SandboxDriver
 from easyfaas.interfaces.storage import LATEST, CodeStore
 from easyfaas.interfaces.trigger import InvocationResult, Invoker, Trigger
 
-__all__ = ["LATEST", "CodeStore", "InvocationResult", "Invoker", "Runtime", "SandboxDriver", "Trigger"]
+__all__ = [
+    "LATEST",
+    "AsyncQueue",
+    "CodeStore",
+    "InvocationResult",
+    "Invoker",
+    "QueuedCall",
+    "Runtime",
+    "SandboxDriver",
+    "Trigger",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -67,6 +68,22 @@ class CodeStore(ABC):
     @abstractmethod
     async def delete_alias(self, name: str, alias: str) -> None:
         """Remove an alias; ``FunctionNotFoundError`` if the function or alias is unknown."""
+
+    # issue #10 (scale-out): change notifications from other writers of a shared store ------
+
+    async def watch(self) -> AsyncIterator[str]:
+        """Names of functions changed by any writer of the store, as they change (optional).
+
+        The controller keeps an in-memory index of the latest versions and aliases; a store
+        that other nodes also write (a networked one) yields here the name of each function
+        they deploy, delete or re-alias, and the controller refreshes that function from
+        ``get``/``aliases``. Yielding a name that did not change is harmless; a store that
+        cannot be sure it missed nothing (e.g. after a reconnection) yields every name.
+        Runs for the controller's lifetime; the default, for a store only this node
+        writes, yields nothing and returns.
+        """
+        return
+        yield  # an async generator that yields nothing
 
     async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release resources; called once at shutdown."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from easyfaas.models import FunctionSpec, Schedule
 
 __all__ = ["InvocationResult", "Invoker", "Trigger"]
 
@@ -51,6 +54,26 @@ class Invoker(Protocol):
         (the caller's ``Authorization`` header) carries the engine's bearer token."""
         ...
 
+    async def invoke_async(
+        self,
+        function: str,
+        event: bytes,
+        *,
+        qualifier: str = "$LATEST",
+        idempotency_key: str | None = None,
+        trigger: str = "api",
+    ) -> str:
+        """Accept a call durably to run it later (queued, retried: docs/async.md); its activation id.
+
+        A key already used for the function within the idempotency window returns the first
+        call's id instead. Raises ``FunctionNotFoundError`` or ``PayloadTooLargeError``.
+        """
+        ...
+
+    async def schedules(self) -> dict[str, list[Schedule]]:
+        """The ``schedules`` of every deployed function that has some (latest versions), by name."""
+        ...
+
 
 class Trigger(ABC):
     """A source of calls, running inside the controller process.
@@ -59,7 +82,8 @@ class Trigger(ABC):
     (``triggers: {http: {listen: 0.0.0.0:8080}}`` → ``HttpTrigger(listen="0.0.0.0:8080")``),
     calls ``start(invoker)`` once the engine can serve calls, and ``stop()`` at shutdown,
     after which it must not call the invoker again. ``start`` returns once the trigger is
-    accepting work (e.g. its socket is bound).
+    accepting work (e.g. its socket is bound). A constructor that takes ``data_dir`` also
+    receives the node's data directory, for state that must outlive a restart.
 
     Example::
 
@@ -83,3 +107,10 @@ class Trigger(ABC):
     def describe(self) -> dict[str, Any]:
         """What ``easyfaas`` prints about this trigger at start (e.g. its URL)."""
         return {}
+
+    def check_spec(self, spec: FunctionSpec) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Refuse, with ``FunctionSpecError``, a function spec this trigger could not serve.
+
+        Called at every deploy and configuration update, before the version is stored
+        (e.g. the cron trigger parses the spec's ``schedules``).
+        """

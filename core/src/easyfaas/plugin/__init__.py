@@ -1,9 +1,9 @@
 """Writing an easyfaas plugin, in one page.
 
 A plugin is a distribution that declares an entry point in one of the groups
-``easyfaas.triggers``, ``easyfaas.runtimes``, ``easyfaas.sandboxes`` or ``easyfaas.storage``;
-the entry point's name is the word users write in the engine profile, and its object is a
-module holding hook implementations::
+``easyfaas.triggers``, ``easyfaas.runtimes``, ``easyfaas.sandboxes``, ``easyfaas.storage`` or
+``easyfaas.queues``; the entry point's name is the word users write in the engine profile,
+and its object is a module holding hook implementations::
 
     # pyproject.toml
     [project.entry-points."easyfaas.sandboxes"]

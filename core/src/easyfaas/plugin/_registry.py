@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from easyfaas.errors import PluginError
-from easyfaas.interfaces import CodeStore, Runtime, SandboxDriver, Trigger
+from easyfaas.interfaces import AsyncQueue, CodeStore, Runtime, SandboxDriver, Trigger
 
 __all__ = ["GROUPS", "KINDS", "SINGULAR", "Registry"]
 
@@ -13,6 +13,7 @@ GROUPS: dict[str, str] = {
     "runtimes": "easyfaas.runtimes",
     "sandboxes": "easyfaas.sandboxes",
     "storage": "easyfaas.storage",
+    "queues": "easyfaas.queues",
 }
 #: kind → the ABC its classes implement
 KINDS: dict[str, type] = {
@@ -20,8 +21,9 @@ KINDS: dict[str, type] = {
     "runtimes": Runtime,
     "sandboxes": SandboxDriver,
     "storage": CodeStore,
+    "queues": AsyncQueue,
 }
-SINGULAR = {"triggers": "trigger", "runtimes": "runtime", "sandboxes": "sandbox", "storage": "storage"}
+SINGULAR = {"triggers": "trigger", "runtimes": "runtime", "sandboxes": "sandbox", "storage": "storage", "queues": "queue"}
 
 
 class Registry:
@@ -41,6 +43,9 @@ class Registry:
 
     def add_storage(self, cls: type[CodeStore]) -> None:
         self._add("storage", cls)
+
+    def add_queue(self, cls: type[AsyncQueue]) -> None:
+        self._add("queues", cls)
 
     def _add(self, kind: str, cls: type) -> None:
         base = KINDS[kind]

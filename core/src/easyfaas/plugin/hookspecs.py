@@ -51,6 +51,15 @@ def easyfaas_register_storage(register: Registry) -> None:
 
 
 @hookspec
+def easyfaas_register_queues(register: Registry) -> None:
+    """Add async queue classes with ``register.add_queue(cls)``.
+
+    Called once per plugin in the controller process, right after that plugin is
+    loaded. The return value is ignored.
+    """
+
+
+@hookspec
 def easyfaas_after_invoke(activation: dict[str, Any]) -> None:
     """Observe a finished call.
 

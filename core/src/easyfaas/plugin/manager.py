@@ -6,16 +6,18 @@ Each engine process builds one ``Plugins`` from the profile; nothing here is glo
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 from stevedore import ExtensionManager
 
 from easyfaas.errors import PluginError, PluginNotFoundError
-from easyfaas.interfaces import CodeStore, Runtime, SandboxDriver, Trigger
+from easyfaas.interfaces import AsyncQueue, CodeStore, Runtime, SandboxDriver, Trigger
 from easyfaas.plugin import PROJECT_NAME, hookspecs
 from easyfaas.plugin._registry import GROUPS, KINDS, SINGULAR, Registry
 
@@ -152,7 +154,10 @@ class Plugins:
             raise PluginError(f"{SINGULAR[kind]} plugin {name!r} built {type(obj).__name__}, not a {KINDS[kind].__name__}")
         return obj
 
-    def create_trigger(self, name: str, **options: Any) -> Trigger:
+    def create_trigger(self, name: str, *, data_dir: Path | None = None, **options: Any) -> Trigger:
+        """``data_dir`` is passed on only to a trigger whose constructor takes it."""
+        if data_dir is not None and "data_dir" in inspect.signature(self.get("triggers", name)).parameters:
+            options["data_dir"] = data_dir
         return cast(Trigger, self._create("triggers", name, **options))
 
     def create_runtime(self, name: str, **options: Any) -> Runtime:
@@ -163,6 +168,9 @@ class Plugins:
 
     def create_storage(self, name: str, **options: Any) -> CodeStore:
         return cast(CodeStore, self._create("storage", name, **options))
+
+    def create_queue(self, name: str, **options: Any) -> AsyncQueue:
+        return cast(AsyncQueue, self._create("queues", name, **options))
 
     # -- the hook facade ---------------------------------------------------------------
 

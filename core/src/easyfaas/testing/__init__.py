@@ -44,7 +44,8 @@ class RunningEngine:
     """A real engine in subprocesses. Use as a context manager, or ``start()``/``stop()``."""
 
     def __init__(self, data_dir: Path, *, sandbox: str = "process", pool: dict[str, int] | None = None,
-                 controller: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> None:  # fmt: skip
+                 controller: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                 triggers: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.data_dir = data_dir
         self.api_port = free_port()
         self.http_port = free_port()
@@ -52,7 +53,7 @@ class RunningEngine:
             "node": {"name": "test", "data_dir": str(data_dir / "data")},
             "controller": {"api": f"127.0.0.1:{self.api_port}", **(controller or {})},
             "funclet": {"sandbox": sandbox, "pool": pool if pool is not None else {"python": 1}},
-            "triggers": {"http": {"listen": f"127.0.0.1:{self.http_port}"}},
+            "triggers": {"http": {"listen": f"127.0.0.1:{self.http_port}"}, **(triggers or {})},
         }
         profile.update(extra or {})
         self.profile_path = data_dir / "engine.yaml"
@@ -120,6 +121,20 @@ class RunningEngine:
                 if f"easyfaas.{role}" in cmd:
                     found[role] = child.pid
         return found
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor, controller and funclet at once, as a power cut would: no
+        cleanup runs. (Killing only the supervisor's process group is not that: the children
+        have sessions of their own and stop gracefully when their parent dies.)"""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)  # so that it restarts no child between the kills
+        for pid in self.children().values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.client.close()
+        self.http.close()
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM the supervisor and wait; returns its exit code."""
