@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import os
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
+from easyfaas._json import dumps
 from easyfaas.controller.activations import ActivationStore
 from easyfaas.controller.auth import Credentials, load_credentials
 from easyfaas.controller.dispatcher import Dispatcher, start_dispatcher
@@ -49,7 +49,6 @@ __all__ = ["Controller"]
 
 log = logging.getLogger(__name__)
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 #: How much of a result an activation record keeps.
 RESULT_CAP = 64 * 1024
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -114,6 +113,7 @@ class Controller:
         self.scheduler.on_cold_start = self._record_cold_start
         self.scheduler.on_throttle = lambda fv: self._throttles.labels(fv.name).inc()
         self.credentials: Credentials | None = None
+        self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.dispatcher: Dispatcher | None = None  # async calls (issue #6), set by start()
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight = 0
@@ -268,10 +268,10 @@ class Controller:
         if not self.accepting:
             raise PlatformError("the engine is shutting down")
         fv = await self.registry.resolve(function, qualifier)
-        body = event if isinstance(event, bytes) else _dumps(event).encode()
+        body = event if isinstance(event, bytes) else dumps(event)
         if len(body) > self.max_payload:
             raise PayloadTooLargeError(f"the event is {len(body)} bytes; the limit is {self.max_payload}")
-        rid = request_id or uuid.uuid4().hex
+        rid = request_id or os.urandom(16).hex()  # as unique as uuid4().hex, a third of the cost
         start = time.time()
         t0 = time.perf_counter()
         timeout = fv.spec.timeout
@@ -325,8 +325,13 @@ class Controller:
         init_ms: float | None, instance: str, status: str, error: dict[str, Any] | None, result: str | None, logs: str,
     ) -> None:  # fmt: skip
         duration = t2 - t0
-        self._calls.labels(fv.name, status).inc()
-        self._duration.labels(fv.name).observe(duration)
+        # labels() hashes and locks on every lookup: keep each function's children at hand.
+        children = self._metric_children.get((fv.name, status))
+        if children is None:
+            children = self._metric_children[(fv.name, status)] = (
+                self._calls.labels(fv.name, status), self._duration.labels(fv.name))  # fmt: skip
+        children[0].inc()
+        children[1].observe(duration)
         record = {
             "id": rid, "function": fv.name, "version": fv.version, "status": status, "trigger": trigger,
             "start": start, "end": start + duration, "duration_ms": duration * 1000, "wait_ms": (t1 - t0) * 1000,

@@ -20,10 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from easyfaas._json import encode_frame, loads_meta
 from easyfaas.errors import InstanceCrashedError, InvocationError
 from easyfaas.models import FunctionVersion, SandboxInfo
 from easyfaas.sockets import connect_unix
-from easyfaas.wire import HEADER, FrameError, decode_header, decode_meta, encode
+from easyfaas.wire import HEADER, FrameError, decode_header
 
 __all__ = ["STATES", "Instance", "Reply"]
 
@@ -86,7 +87,7 @@ class Instance(asyncio.Protocol):
                 if end > size:
                     break
                 start = offset + _HEADER_SIZE
-                meta = decode_meta(bytes(buf[start : start + meta_len])) if meta_len else {}
+                meta = loads_meta(bytes(buf[start : start + meta_len])) if meta_len else {}
                 body = bytes(buf[start + meta_len : end])
                 offset = end
                 future = self._pending.pop(rid, None)
@@ -118,7 +119,7 @@ class Instance(asyncio.Protocol):
             return future
         rid = next(self._ids)
         self._pending[rid] = future
-        self._transport.write(encode(kind, rid, meta, body))
+        self._transport.write(encode_frame(kind, rid, meta, body))
         return future
 
     async def wait_lost(self) -> None:

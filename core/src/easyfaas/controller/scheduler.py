@@ -40,6 +40,11 @@ DEATH_GRACE = 0.5
 FUNCLET_WAIT = 15.0
 
 
+def _expire_waiter(future: asyncio.Future[Instance]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 @dataclass(eq=False)
 class FunctionPool:
     fv: FunctionVersion
@@ -98,15 +103,22 @@ class Scheduler:
     async def _wait_for_slot(self, pool: FunctionPool) -> Instance:
         if len(pool.waiters) >= self.queue_size or self.max_queue_wait <= 0:
             raise self._throttle(pool, "its queue is full")
-        future: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Instance] = loop.create_future()
         pool.waiters.append(future)
+        # A timer on the future, not asyncio.wait_for: no task per queued call.
+        timer = loop.call_later(self.max_queue_wait, _expire_waiter, future)
         try:
-            return await asyncio.wait_for(future, self.max_queue_wait)
+            return await future
         except TimeoutError:
             raise self._throttle(pool, f"no instance was free within {self.max_queue_wait:g}s") from None
         finally:
-            with contextlib.suppress(ValueError):
-                pool.waiters.remove(future)
+            timer.cancel()
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                # Still queued (the caller went away) or timed out: leave the queue. A served
+                # future was already popped by _dispatch; searching for it would only cost time.
+                with contextlib.suppress(ValueError):
+                    pool.waiters.remove(future)
 
     def _throttle(self, pool: FunctionPool, why: str) -> ThrottledError:
         pool.throttled += 1

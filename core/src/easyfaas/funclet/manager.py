@@ -111,13 +111,12 @@ class SandboxManager:
             raise SandboxError(f"runtime {name!r} is not enabled on this funclet (enabled: {sorted(self.runtimes)})") from None
 
     async def _take(self, runtime: str) -> tuple[SandboxInfo, bool]:
+        """A generic sandbox from the pool, or a new one; the caller refills the pool after."""
         pool = self._pools[runtime]
         while not pool.ready.empty():
             info = pool.ready.get_nowait()
-            pool.wake.set()
             if info.id in self.sandboxes:  # it may have died while waiting in the pool
                 return info, True
-        pool.wake.set()
         return await self.create(runtime), False
 
     # -- warm-up -----------------------------------------------------------------------
@@ -129,6 +128,15 @@ class SandboxManager:
         self._runtime(runtime)
         started = time.perf_counter()
         info, from_pool = await self._take(runtime)
+        try:
+            return await self._bind(info, from_pool, spec, started, handler=handler, function=function, version=version)
+        finally:
+            # Refill only now: creating a sandbox competes for the CPU with this cold start.
+            self._pools[runtime].wake.set()
+
+    async def _bind(
+        self, info: SandboxInfo, from_pool: bool, spec: WarmupSpec, started: float, *, handler: str, function: str, version: str
+    ) -> WarmUpResult:
         try:
             code_dir = await self.driver.warmup(info.id, spec)
             bind_ms = (time.perf_counter() - started) * 1000

@@ -744,7 +744,8 @@ class NamespaceSandbox(SandboxDriver):
                     problems.append(str(exc))
             for path in (sb.code_mount, sb.sock_dir):
                 try:
-                    _hostfs.remove_tree(path)
+                    # Off the event loop: a few ms of filesystem work would delay warm-ups.
+                    await asyncio.to_thread(_hostfs.remove_tree, path)
                 except OSError as exc:
                     problems.append(str(exc))
             if self._tree is not None:

@@ -55,6 +55,10 @@ class ProcessSandbox(SandboxDriver):
         self._events: asyncio.Queue[SandboxEvent] = asyncio.Queue()
         self._watchers: set[asyncio.Task[None]] = set()
         self._runner_dirs: dict[str, Path] = {}
+        # setpriv sets the parent-death signal without a preexec_fn: a preexec_fn forces
+        # fork() in the funclet's event loop (~9 ms blocked per sandbox) instead of vfork.
+        setpriv = shutil.which("setpriv")
+        self._prefix = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
     async def start(self, runtimes: Mapping[str, Runtime]) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -88,18 +92,18 @@ class ProcessSandbox(SandboxDriver):
         socket_path = str(directory / "runner.sock")
         runner_dir = self._runner_dirs[runtime.PLUGIN_NAME]
         # The runner binds relative to its working directory: deep state dirs exceed sun_path's 107 bytes.
-        argv = runtime.runner_command(str(runner_dir), "runner.sock")
+        argv = [*self._prefix, *runtime.runner_command(str(runner_dir), "runner.sock")]
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(directory), **self.extra_env}
         with open(directory / "stderr.log", "wb") as stderr:
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, cwd=directory, env=env, stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.DEVNULL, stderr=stderr, start_new_session=True,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=None if self._prefix else _die_with_parent,
                 )  # fmt: skip
             except OSError as exc:
                 shutil.rmtree(directory, ignore_errors=True)
-                raise SandboxError(f"cannot start the {runtime.PLUGIN_NAME} runner {argv[0]!r}: {exc}") from exc
+                raise SandboxError(f"cannot start the {runtime.PLUGIN_NAME} runner {argv[len(self._prefix)]!r}: {exc}") from exc
         (directory / "pid").write_text(str(proc.pid))
         try:
             await self._wait_listening(socket_path, proc, directory)
