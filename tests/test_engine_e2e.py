@@ -240,3 +240,21 @@ def test_update_config_makes_a_new_version_with_the_same_code(engine: RunningEng
     assert response.status_code == 200 and response.json()["version"] == "2"
     assert engine.client.invoke(name, b"{}").json() == ["fast", 256]
     assert api.patch(f"/v1/functions/{name}", json={"memory": 1}).status_code == 400
+
+
+def test_out_of_memory_is_a_developer_error_naming_the_limit(engine: RunningEngine, tmp_path: Path) -> None:
+    if engine.sandbox == "process":
+        pytest.skip("the process sandbox enforces no memory limit (development only)")
+    src = "def handler(e, c):\n    hog = [bytearray(1 << 20) for _ in range(400)]\n    return len(hog)\n"
+    engine.deploy(write_function(tmp_path / "hog", src, memory=64), "hog")
+    response = engine.call("hog", method="GET")
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["errorType"] == "InstanceCrashed" and error["status"] == "developer_error"
+    assert "64 MB" in error["errorMessage"] and error["cause"] == "OutOfMemory"
+    assert engine.call(echo_name(engine, tmp_path), method="GET").status_code == 200
+
+
+def echo_name(engine: RunningEngine, tmp_path: Path) -> str:
+    engine.deploy(write_function(tmp_path / "after", "def handler(e, c):\n    return 'alive'\n"), "after-oom")
+    return "after-oom"

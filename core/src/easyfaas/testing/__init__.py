@@ -47,6 +47,7 @@ class RunningEngine:
                  controller: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
                  triggers: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.data_dir = data_dir
+        self.sandbox = sandbox
         self.api_port = free_port()
         self.http_port = free_port()
         profile: dict[str, Any] = {
