@@ -324,8 +324,11 @@ class Dispatcher:
         if error is None:
             assert result is not None
             done = await self._notify(policy.on_success, call, fv, "Success", history, result=result)
-            await self.queue.ack(call)
+            # Record first, then ack: a crash in between runs the call again (at least once)
+            # instead of leaving a finished call's record reading "running" forever.
             self._store(call, "success", base=captured, attempts=history, **done)
+            await self.controller.activations.flush()
+            await self.queue.ack(call)
             return
         retry_at = time.time() + backoff_delay(policy, n)
         if n < policy.max_attempts and retry_at - call.enqueued_at <= policy.max_event_age:
