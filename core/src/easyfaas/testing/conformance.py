@@ -212,7 +212,7 @@ class RuntimeConformance:
 
     # -- fixtures --------------------------------------------------------------------------
 
-    @pytest.fixture(scope="class", params=sandbox_params("process", "namespace"))
+    @pytest.fixture(scope="class", params=sandbox_params("process", "namespace", "docker"))
     @classmethod
     def conformance_engine(cls, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEngine]:
         name = cls.adapter.runtime

@@ -1,38 +1,32 @@
-"""Fixtures of the docker driver's tests: a running dockerd, started drivers, functions on disk, a wire client.
+"""Fixtures of the docker driver's tests: a running dockerd and the driver's sandbox conformance adapter.
 
 Everything is real: dockerd (started here when root and none runs), containers, the Python runtime's
 runner, unix sockets. Tests that need an engine skip, with the reason, only when none can be started.
+The harness (started drivers, functions on disk, a wire client) is ``easyfaas.testing.sandbox_conformance``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
 import subprocess
-import tempfile
-import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
+import psutil
 import pytest
 
-from easyfaas import wire
-from easyfaas.interfaces import Runtime
-from easyfaas.models import SandboxEvent, SandboxInfo, WarmupSpec
-from easyfaas.sockets import connect_unix
-from easyfaas.wire import Kind
+from easyfaas.interfaces import Runtime, SandboxDriver
+from easyfaas.models import SandboxInfo
+from easyfaas.testing.sandbox_conformance import SandboxAdapter, SandboxHarness
 from easyfaas_runtime_python import PythonRuntime
-from easyfaas_sandbox_docker import DockerSandbox
-
-HELLO = """
-def handler(event, context):
-    return {"hello": event}
-"""
+from easyfaas_sandbox_docker import DockerSandbox, _mounts
+from easyfaas_sandbox_docker.driver import LABEL_SANDBOX, LABEL_STATE
 
 DOCKERD_WAIT = 60.0
 
@@ -86,194 +80,66 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         _stop_dockerd(proc)
 
 
-class Instance:
-    """One sandbox as the funclet and controller use it: LOAD on one connection, INVOKEs on another."""
-
-    def __init__(self, driver: DockerSandbox, info: SandboxInfo) -> None:
-        self.driver = driver
-        self.info = info
-        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self._rid = 0
-
-    @property
-    def id(self) -> str:
-        return self.info.id
-
-    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        # Host socket paths under pytest's tmp dirs can exceed sun_path; connect_unix copes.
-        return await asyncio.open_unix_connection(sock=await connect_unix(self.info.socket_path))
-
-    @staticmethod
-    async def _ask(
-        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], kind: int, rid: int, meta: dict[str, Any], body: bytes
-    ) -> tuple[int, dict[str, Any], bytes]:
-        reader, writer = conn
-        writer.write(wire.encode(kind, rid, meta, body))
-        await writer.drain()
-        got_rid, meta_len, body_len, got_kind = wire.decode_header(await reader.readexactly(wire.HEADER.size))
-        assert got_rid == rid
-        got_meta = wire.decode_meta(await reader.readexactly(meta_len))
-        return got_kind, got_meta, await reader.readexactly(body_len)
-
-    async def load(
-        self,
-        code_dir: str,
-        handler: str = "handler.handler",
-        *,
-        memory_mb: int = 128,
-        env: dict[str, str] | None = None,
-    ) -> tuple[int, dict[str, Any]]:
-        conn = await self._open()
-        try:
-            meta = {
-                "code_dir": code_dir,
-                "handler": handler,
-                "function": "f",
-                "version": "1",
-                "memory_mb": memory_mb,
-                "env": env or {},
-                "instance": self.id,
-            }
-            kind, got, _ = await asyncio.wait_for(self._ask(conn, Kind.LOAD, 0, meta, b""), 30)
-            return kind, got
-        finally:
-            conn[1].close()
-
-    async def invoke(self, event: Any = None, *, timeout: float = 60) -> tuple[int, dict[str, Any], Any]:
-        """One call: (kind, meta, decoded body). A dead instance raises IncompleteReadError/ConnectionError."""
-        if self._conn is None:
-            self._conn = await self._open()
-        self._rid += 1
-        meta = {"rid": f"req-{self._rid}", "deadline": (time.time() + timeout) * 1000}
-        kind, got, body = await asyncio.wait_for(
-            self._ask(self._conn, Kind.INVOKE, self._rid, meta, json.dumps(event).encode()), timeout
-        )
-        return kind, got, json.loads(body) if kind == Kind.RESULT and body and not got.get("raw") else body
-
-    async def result(self, event: Any = None, *, timeout: float = 60) -> Any:
-        kind, meta, body = await self.invoke(event, timeout=timeout)
-        assert kind == Kind.RESULT, meta
-        return body
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            self._conn[1].close()
-            self._conn = None
-
-
-FunctionFactory = Callable[[str], str]
-DriverFactory = Callable[..., Awaitable[DockerSandbox]]
-Binder = Callable[..., Awaitable[Instance]]
-
-
-async def _bind(
-    driver: DockerSandbox,
-    code_dir: str,
-    *,
-    memory_mb: int = 128,
-    pids_max: int = 64,
-    cpu_share: float = 1.0,
-    runtime: Runtime | None = None,
-    key: str = "f:1",
-    env: dict[str, str] | None = None,
-) -> Instance:
-    info = await driver.create(runtime or PythonRuntime())
-    code = await driver.warmup(
-        info.id, WarmupSpec(key, code_dir, memory_mb, 30.0, pids_max=pids_max, cpu_share=cpu_share)
-    )
-    instance = Instance(driver, info)
-    kind, meta = await instance.load(code, memory_mb=memory_mb, env=env)
-    assert kind == Kind.LOADED, meta
-    return instance
-
-
-@pytest.fixture
-def bind() -> Binder:
-    """``await bind(driver, code_dir, memory_mb=, pids_max=, cpu_share=, runtime=, key=, env=)``: created, warmed, LOADed."""
-    return _bind
-
-
-@pytest.fixture
-def make_function(tmp_path: Path) -> FunctionFactory:
-    """Write ``source`` as handler.py into a fresh, world-readable code directory; return its path."""
-    counter = iter(range(1_000_000))
-
-    def make(source: str) -> str:
-        code = tmp_path / f"fn{next(counter)}"
-        code.mkdir()
-        (code / "handler.py").write_text(textwrap.dedent(source))
-        os.chmod(code, 0o755)
-        os.chmod(code / "handler.py", 0o644)
-        return str(code)
-
-    return make
-
-
-@pytest.fixture
-def assert_healthy(make_function: FunctionFactory) -> Callable[[DockerSandbox], Awaitable[None]]:
-    """The engine's other functions are unaffected: a brand-new sandbox still serves calls."""
-
-    async def check(driver: DockerSandbox) -> None:
-        instance = await _bind(driver, make_function(HELLO), key="healthy:1")
-        assert await instance.result("again") == {"hello": "again"}
-        await instance.close()
-        await driver.destroy(instance.id)
-
-    return check
-
-
-async def _next_event(driver: DockerSandbox, sandbox_id: str, timeout: float = 30) -> SandboxEvent:
-    events = driver.events()
-
-    async def first() -> SandboxEvent:
-        async for event in events:
-            if event.sandbox_id == sandbox_id:
-                return event
-        raise AssertionError("the event stream ended")
-
+def containers_of(state_dir: Path) -> list[dict[str, Any]]:
+    """The containers dockerd holds for the driver on ``state_dir``, running or not."""
+    api = docker.APIClient(version="auto")
     try:
-        return await asyncio.wait_for(first(), timeout)
+        return list(api.containers(all=True, filters={"label": f"{LABEL_STATE}={state_dir}"}))
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        api.close()
+
+
+class DockerAdapter(SandboxAdapter):
+    """The docker driver for ``easyfaas.testing.sandbox_conformance``."""
+
+    driver_class = DockerSandbox
+    tmp_option = "tmp_size_mb"
+    base_processes = 2  # docker-init and the runner
+
+    def make_runtime(self) -> Runtime:
+        return PythonRuntime()
+
+    def sandbox_leftovers(self, driver: SandboxDriver, sandbox_id: str) -> list[str]:
+        containers = [c for c in containers_of(driver.state_dir) if c["Labels"].get(LABEL_SANDBOX) == sandbox_id]
+        mounts = [m for m in _mounts.mounts_under(str(driver.state_dir)) if sandbox_id in m]
+        return [
+            *super().sandbox_leftovers(driver, sandbox_id),
+            *(f"container {c['Names'][0]}" for c in containers),
+            *(f"mount {m}" for m in mounts),
+        ]
+
+    def leftovers(self, driver: SandboxDriver) -> list[str]:
+        return [
+            *(f"container {c['Names'][0]}" for c in containers_of(driver.state_dir)),
+            *(f"mount {m}" for m in _mounts.mounts_under(str(driver.state_dir))),
+        ]
+
+    def host_processes(self) -> dict[str, int]:
+        return {p.info["name"]: p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "dockerd"}
+
+    async def kept_output(self, driver: SandboxDriver, info: SandboxInfo) -> int:
+        # What goes to fd 1/2 directly is in Docker's log, which must be capped on the host's disk.
+        api = docker.APIClient(version="auto")
+        try:
+            attrs = await asyncio.to_thread(api.inspect_container, f"easyfaas-{info.id}")
+        finally:
+            api.close()
+        return os.path.getsize(attrs["LogPath"])
 
 
 @pytest.fixture
-def next_event() -> Callable[..., Awaitable[SandboxEvent]]:
-    """``await next_event(driver, sandbox_id)``: the next event about that sandbox."""
-    return _next_event
+def docker_containers(docker_engine: None) -> Callable[[Path], list[dict[str, Any]]]:
+    """``containers_of``: the containers dockerd holds for the driver on a state_dir."""
+    return containers_of
 
 
 @pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="efdk-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def sandbox_adapter(docker_engine: None) -> DockerAdapter:
+    return DockerAdapter()
 
 
 @pytest.fixture
-async def driver_factory(docker_engine: None, state_dir: Path) -> AsyncIterator[DriverFactory]:
-    """``await driver_factory(runtimes=None, **options)``: a started driver, stopped after the test."""
-    drivers: list[DockerSandbox] = []
-    extra_dirs: list[str] = []
-
-    async def make(runtimes: dict[str, Runtime] | None = None, **options: Any) -> DockerSandbox:
-        if "state_dir" not in options:
-            if drivers:
-                extra_dirs.append(tempfile.mkdtemp(prefix="efdk-", dir="/tmp"))
-            options["state_dir"] = Path(extra_dirs[-1]) if drivers else state_dir
-        driver = DockerSandbox(**options)
-        drivers.append(driver)
-        await driver.start(runtimes if runtimes is not None else {"python": PythonRuntime()})
-        return driver
-
-    yield make
-    for driver in drivers:
-        await driver.stop()
-    for path in extra_dirs:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def driver(driver_factory: DriverFactory) -> DockerSandbox:
-    """A started driver with the Python runtime and an 8 MiB /tmp."""
-    return await driver_factory(tmp_size_mb=8)
+async def harness(sandbox_adapter: DockerAdapter, tmp_path: Path) -> AsyncIterator[SandboxHarness]:
+    """Drivers (stopped after the test), functions on disk, bound sandboxes: for the docker-only tests."""
+    async with SandboxHarness.open(sandbox_adapter, tmp_path) as harness:
+        yield harness

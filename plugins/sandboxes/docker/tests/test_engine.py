@@ -5,15 +5,13 @@ Both engine processes are real (``easyfaas up``), with ``funclet.sandbox: docker
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from easyfaas.testing import RunningEngine, write_function
-from easyfaas_sandbox_docker.driver import LABEL_STATE
 
 SOURCE = """
 import os, socket
@@ -38,14 +36,6 @@ def handler(event, context):
         "function": context.function_name,
     }
 """
-
-
-def _containers(state_dir: Path) -> list[dict[str, Any]]:
-    api = docker.APIClient(version="auto")
-    try:
-        return list(api.containers(all=True, filters={"label": f"{LABEL_STATE}={state_dir}"}))
-    finally:
-        api.close()
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +81,19 @@ def test_crash_and_oom_are_reported_and_the_engine_keeps_serving(engine: Running
     assert engine.call("frail", "?name=still", method="GET").json()["name"] == "still"
 
 
-def test_stop_removes_every_container(docker_engine: None, tmp_path: Path) -> None:
+def test_stop_removes_every_container(
+    docker_containers: Callable[[Path], list[dict[str, Any]]], tmp_path: Path
+) -> None:
     engine = RunningEngine(tmp_path / "engine", sandbox="docker", pool={"python": 2})
     engine.start(timeout=120)
     state_dir = engine.data_dir / "data" / "sandboxes" / "docker"
     try:
         engine.deploy(write_function(tmp_path / "hi", SOURCE), "hi")
         assert engine.call("hi", "?name=x", method="GET").status_code == 200
-        assert len(_containers(state_dir)) >= 1
+        assert len(docker_containers(state_dir)) >= 1
     finally:
         assert engine.stop() == 0, engine.log()
-    assert _containers(state_dir) == []
+    assert docker_containers(state_dir) == []
     assert list(state_dir.iterdir()) == []
     with open("/proc/self/mountinfo") as f:
         assert str(state_dir) not in f.read()

@@ -1,20 +1,18 @@
-"""The docker driver's contract: create, warmup, destroy, events, stats, stop, crash recovery and clear errors.
+"""The docker driver's own contract: options, clear errors, images, and containers as dockerd records them.
 
-Real containers throughout; the white-box checks read the containers' configuration back from dockerd.
+What every driver does (create, warmup, destroy, events, stop, crash recovery) is checked by the
+conformance suite in ``test_conformance.py``. Real containers throughout; the white-box checks read
+the containers' configuration back from dockerd.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import textwrap
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +23,14 @@ import pytest
 from easyfaas.errors import ConfigurationError, SandboxError
 from easyfaas.models import WarmupSpec
 from easyfaas.plugin import Registry
+from easyfaas.testing.sandbox_conformance import HELLO, SandboxHarness
 from easyfaas_runtime_python import PythonRuntime
 from easyfaas_sandbox_docker import DockerSandbox, _image, _mounts, plugin
 from easyfaas_sandbox_docker.driver import LABEL_STATE
 
-FunctionFactory = Callable[[str], str]
-Healthy = Callable[[DockerSandbox], Awaitable[None]]
-
-HELLO = """
-def handler(event, context):
-    return {"hello": event}
-"""
-
 
 def _api() -> Any:
     return docker.APIClient(version="auto")
-
-
-def _containers_of(state_dir: Path) -> list[dict[str, Any]]:
-    api = _api()
-    try:
-        return list(api.containers(all=True, filters={"label": f"{LABEL_STATE}={state_dir}"}))
-    finally:
-        api.close()
 
 
 # -- without an engine ------------------------------------------------------------------------
@@ -148,15 +131,11 @@ async def test_available_here(docker_engine: None) -> None:
     assert DockerSandbox.availability() is None
 
 
-async def test_create_warmup_invoke_destroy(driver: DockerSandbox, make_function: FunctionFactory, bind: Any) -> None:
-    runtime = PythonRuntime()
-    info = await driver.create(runtime)
-    assert info.runtime == "python" and info.state == "generic"
-    assert info.socket_path.startswith(str(driver.state_dir)) and os.path.exists(info.socket_path)
+async def test_containers_are_configured_and_limited(harness: SandboxHarness) -> None:
+    driver = await harness.standard_driver()
+    info = await driver.create(harness.runtime)
     runner = psutil.Process(info.pid)
     assert runner.uids().effective == 65534
-    init = runner.parent()
-    assert init is not None
     api = _api()
     attrs = api.inspect_container(f"easyfaas-{info.id}")
     host = attrs["HostConfig"]
@@ -170,65 +149,42 @@ async def test_create_warmup_invoke_destroy(driver: DockerSandbox, make_function
     assert host["Init"] is True
     assert not any(env.startswith("PYTEST") for env in attrs["Config"]["Env"])
     stats = await driver.stats(info.id)
-    assert stats.pids == 2 and stats.memory_uss > 0 and stats.memory_peak > 0 and stats.cpu_seconds > 0
+    assert stats.cpu_seconds > 0
 
     code = await driver.warmup(
-        info.id, WarmupSpec("hello:7", make_function(HELLO), 96, 5.0, pids_max=20, cpu_share=0.5)
+        info.id, WarmupSpec("hello:7", harness.function(HELLO), 96, 5.0, pids_max=20, cpu_share=0.5)
     )
     assert code == "/code"
     host = api.inspect_container(f"easyfaas-{info.id}")["HostConfig"]
     assert (host["Memory"], host["MemorySwap"], host["PidsLimit"]) == (96 << 20, 96 << 20, 20)
     assert (host["CpuPeriod"], host["CpuQuota"]) == (100_000, 50_000)
     assert _mounts.mounts_under(str(driver.state_dir / "mnt" / info.id)) == [str(driver.state_dir / "mnt" / info.id)]
-    with pytest.raises(SandboxError, match="already bound to hello:7"):
-        await driver.warmup(info.id, WarmupSpec("other:1", make_function(HELLO), 96, 5.0))
-
-    instance = await bind(driver, make_function(HELLO))
-    assert await instance.result([1, 2]) == {"hello": [1, 2]}
-    await instance.close()
-    await driver.destroy(instance.id)
-    await driver.destroy(instance.id)  # twice is fine
 
     await driver.destroy(info.id)
-    assert not os.path.exists(info.socket_path)
-    _, alive = psutil.wait_procs([runner, init], timeout=5)
-    assert alive == []
     with pytest.raises(docker.errors.NotFound):
         api.inspect_container(f"easyfaas-{info.id}")
     api.close()
     assert _mounts.mounts_under(str(driver.state_dir / "mnt")) == [str(driver.state_dir / "mnt")]  # the anchor only
     with pytest.raises(SandboxError, match="unknown sandbox"):
         await driver.stats(info.id)
-    await driver.destroy("no-such-sandbox")
 
 
-async def test_warmup_refuses_bad_requests(
-    driver: DockerSandbox, make_function: FunctionFactory, tmp_path: Path, bind: Any
-) -> None:
-    info = await driver.create(PythonRuntime())
-    with pytest.raises(SandboxError, match="unknown sandbox"):
-        await driver.warmup("nope", WarmupSpec("f:1", make_function(HELLO), 128, 5.0))
-    with pytest.raises(SandboxError, match="No such file"):
-        await driver.warmup(info.id, WarmupSpec("f:1", str(tmp_path / "missing"), 128, 5.0))
-    private = make_function(HELLO)
-    os.chmod(private, 0o700)
-    with pytest.raises(SandboxError, match="not readable by the sandbox uid 65534"):
-        await driver.warmup(info.id, WarmupSpec("f:1", private, 128, 5.0))
+async def test_warmup_names_limits_the_kernel_refuses(harness: SandboxHarness) -> None:
+    driver = await harness.standard_driver()
+    info = await driver.create(harness.runtime)
     # A limit the kernel refuses (below what the runner already uses) is named, with Docker's reason.
     with pytest.raises(SandboxError, match=r"cannot apply limits of f:1 \(memory 6 MB"):
-        await driver.warmup(info.id, WarmupSpec("f:1", make_function(HELLO), 6, 5.0))
+        await driver.warmup(info.id, WarmupSpec("f:1", harness.function(HELLO), 6, 5.0))
     # A refused warmup leaves the sandbox generic and usable.
-    assert await driver.warmup(info.id, WarmupSpec("f:1", make_function(HELLO), 128, 5.0)) == "/code"
+    assert await driver.warmup(info.id, WarmupSpec("f:1", harness.function(HELLO), 128, 5.0)) == "/code"
 
 
-async def test_a_missing_custom_image_is_a_clear_error(driver_factory: Any) -> None:
+async def test_a_missing_custom_image_is_a_clear_error(harness: SandboxHarness) -> None:
     with pytest.raises(ConfigurationError, match=r"image 'easyfaas/no-such-image:0' for runtime 'python' is missing"):
-        await driver_factory(images={"python": "easyfaas/no-such-image:0"})
+        await harness.driver(images={"python": "easyfaas/no-such-image:0"})
 
 
-async def test_a_custom_image_is_used(
-    driver_factory: Any, make_function: FunctionFactory, bind: Any, assert_healthy: Healthy
-) -> None:
+async def test_a_custom_image_is_used(harness: SandboxHarness) -> None:
     # What the README tells users to do: a layer on top of the base image, built with no registry.
     api = _api()
     skeleton = _image.host_skeleton(65534, 65534)
@@ -246,9 +202,9 @@ async def test_a_custom_image_is_used(
     finally:
         api.remove_container(container["Id"])
     try:
-        driver = await driver_factory(images={"python": "easyfaas/test-custom:1"})
+        driver = await harness.driver(images={"python": "easyfaas/test-custom:1"})
         source = "def handler(event, context):\n    return open('/etc/custom.txt').read()\n"
-        instance = await bind(driver, make_function(source))
+        instance = await harness.bind(driver, harness.function(source))
         assert await instance.result() == "from the custom image\n"
         await instance.close()
         await driver.stop()
@@ -274,121 +230,3 @@ async def test_base_image_import_reports_progress_and_labels_the_image(
         api.close()
     steps = [r.getMessage() for r in caplog.records if "easyfaas/test-progress:1" in r.getMessage()]
     assert any("[1/2]" in s for s in steps) and any("[2/2]" in s for s in steps)
-
-
-async def test_exits_are_reported_as_events(
-    driver: DockerSandbox, make_function: FunctionFactory, bind: Any, next_event: Any
-) -> None:
-    quitter = await bind(
-        driver, make_function("import os\ndef handler(event, context):\n    os._exit(7)\n"), key="quit:2"
-    )
-    with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
-        await quitter.invoke()
-    event = await next_event(driver, quitter.id)
-    assert (event.kind, event.exit_code, event.signal) == ("exited", 7, None)
-    assert "quit:2" in event.message and "exited with code 7" in event.message
-
-    victim = await bind(driver, make_function(HELLO), key="victim:1")
-    os.kill(victim.info.pid, signal.SIGKILL)
-    event = await next_event(driver, victim.id)
-    assert (event.kind, event.signal) == ("exited", signal.SIGKILL)
-    assert "killed by SIGKILL" in event.message
-    # The driver cleaned up after the dead: no container, no code mount.
-    for _ in range(100):
-        labels = [c["Labels"].get("easyfaas.sandbox") for c in _containers_of(driver.state_dir)]
-        mounted = _mounts.mounts_under(str(driver.state_dir / "mnt" / victim.id))
-        if quitter.id not in labels and victim.id not in labels and not mounted:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the dead containers and their code mounts were not removed")
-
-    # A destroyed sandbox is not an event.
-    destroyed = await driver.create(PythonRuntime())
-    await driver.destroy(destroyed.id)
-    with pytest.raises(TimeoutError):
-        await next_event(driver, destroyed.id, timeout=1.0)
-
-
-async def test_concurrent_creates(driver: DockerSandbox, make_function: FunctionFactory, bind: Any) -> None:
-    code = make_function(HELLO)
-    instances = await asyncio.gather(*(bind(driver, code, key=f"f:{i}") for i in range(8)))
-    assert len({i.id for i in instances}) == 8
-    results = await asyncio.gather(*(i.result(n) for n, i in enumerate(instances)))
-    assert results == [{"hello": n} for n in range(8)]
-    for instance in instances:
-        await instance.close()
-    await asyncio.gather(*(driver.destroy(i.id) for i in instances))
-    assert _containers_of(driver.state_dir) == []
-
-
-async def test_stop_leaves_nothing_behind(
-    docker_engine: None, state_dir: Path, make_function: FunctionFactory, bind: Any
-) -> None:
-    driver = DockerSandbox(state_dir=state_dir)
-    await driver.start({"python": PythonRuntime()})
-    instances = [await bind(driver, make_function(HELLO), key=f"f:{i}") for i in range(2)]
-    generic = await driver.create(PythonRuntime())
-    procs = [psutil.Process(p) for p in [i.info.pid for i in instances] + [generic.pid]]
-    procs += [p.parent() for p in procs if p.parent() is not None]  # type: ignore[misc]
-    assert len(_containers_of(state_dir)) == 3
-    for instance in instances:
-        await instance.close()
-    await driver.stop()
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    assert alive == []
-    assert _containers_of(state_dir) == []
-    assert _mounts.mounts_under(str(state_dir)) == []
-    assert os.listdir(state_dir) == []
-    await driver.stop()  # twice is fine
-
-
-@pytest.mark.slow
-async def test_leftovers_of_a_crashed_run_are_cleaned(
-    state_dir: Path, make_function: FunctionFactory, driver_factory: Any, assert_healthy: Healthy, tmp_path: Path
-) -> None:
-    script = tmp_path / "crashing_funclet.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import asyncio, json, sys
-            from pathlib import Path
-            from easyfaas.models import WarmupSpec
-            from easyfaas_runtime_python import PythonRuntime
-            from easyfaas_sandbox_docker import DockerSandbox
-
-            async def main():
-                driver = DockerSandbox(state_dir=Path(sys.argv[1]))
-                runtime = PythonRuntime()
-                await driver.start({"python": runtime})
-                bound, generic = await driver.create(runtime), await driver.create(runtime)
-                await driver.warmup(bound.id, WarmupSpec("f:1", sys.argv[2], 128, 10))
-                print(json.dumps({"ids": [bound.id, generic.id], "pids": [bound.pid, generic.pid]}), flush=True)
-                await asyncio.sleep(3600)
-
-            asyncio.run(main())
-            """
-        )
-    )
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(state_dir), make_function(HELLO)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
-        crashed = json.loads(line)
-        runners = [psutil.Process(p) for p in crashed["pids"]]
-        proc.kill()
-    finally:
-        proc.wait(10)
-    assert all(p.is_running() for p in runners)  # containers outlive the funclet: only the next run can clean
-    assert len(_containers_of(state_dir)) == 2
-    assert any(crashed["ids"][0] in m for m in _mounts.mounts_under(str(state_dir)))  # the bound code is still mounted
-
-    driver = await driver_factory(state_dir=state_dir)
-    _, alive = psutil.wait_procs(runners, timeout=5)
-    assert alive == []
-    assert _containers_of(state_dir) == []
-    assert sorted(_mounts.mounts_under(str(state_dir))) == [str(state_dir / "mnt"), str(state_dir / "stage")]
-    assert os.listdir(state_dir / "sock") == [] and os.listdir(state_dir / "mnt") == []
-    await assert_healthy(driver)

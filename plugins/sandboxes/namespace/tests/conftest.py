@@ -1,37 +1,27 @@
-"""Fixtures of the namespace driver's tests: started drivers, functions on disk, a wire client.
+"""Fixtures of the namespace driver's tests: the driver's sandbox conformance adapter and its harness.
 
 All real (root, namespaces, cgroups, the Python runner); ``namespace`` tests skip, with the reason, elsewhere.
+The harness (started drivers, functions on disk, a wire client) is ``easyfaas.testing.sandbox_conformance``'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import shutil
-import tempfile
-import textwrap
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import subprocess
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import cast
 
+import psutil
 import pytest
 
-from easyfaas import wire
-from easyfaas.interfaces import Runtime
-from easyfaas.models import SandboxEvent, SandboxInfo, WarmupSpec
-from easyfaas.sockets import connect_unix
-from easyfaas.wire import Kind
+from easyfaas.interfaces import Runtime, SandboxDriver
+from easyfaas.testing.sandbox_conformance import SandboxAdapter, SandboxHarness
 from easyfaas_runtime_python import PythonRuntime
-from easyfaas_sandbox_namespace import NamespaceSandbox
+from easyfaas_sandbox_namespace import NamespaceSandbox, _cgroups
+from easyfaas_sandbox_namespace._hostfs import mounts_under
 
 UNAVAILABLE = NamespaceSandbox.availability()
-
-HELLO = """
-def handler(event, context):
-    return {"hello": event}
-"""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -44,184 +34,67 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-class Instance:
-    """One sandbox as the funclet and controller use it: LOAD on one connection, INVOKEs on another."""
-
-    def __init__(self, driver: NamespaceSandbox, info: SandboxInfo) -> None:
-        self.driver = driver
-        self.info = info
-        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self._rid = 0
-
-    @property
-    def id(self) -> str:
-        return self.info.id
-
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        # As the funclet and controller connect: socket paths under a deep state_dir exceed 107 bytes.
-        return await asyncio.open_unix_connection(sock=await connect_unix(self.info.socket_path))
-
-    @staticmethod
-    async def _ask(
-        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], kind: int, rid: int, meta: dict[str, Any], body: bytes
-    ) -> tuple[int, dict[str, Any], bytes]:
-        reader, writer = conn
-        writer.write(wire.encode(kind, rid, meta, body))
-        await writer.drain()
-        got_rid, meta_len, body_len, got_kind = wire.decode_header(await reader.readexactly(wire.HEADER.size))
-        assert got_rid == rid
-        got_meta = wire.decode_meta(await reader.readexactly(meta_len))
-        return got_kind, got_meta, await reader.readexactly(body_len)
-
-    async def load(
-        self, code_dir: str, handler: str = "handler.handler", *, memory_mb: int = 128
-    ) -> tuple[int, dict[str, Any]]:
-        conn = await self._connect()
-        try:
-            meta = {
-                "code_dir": code_dir,
-                "handler": handler,
-                "function": "f",
-                "version": "1",
-                "memory_mb": memory_mb,
-                "env": {},
-            }
-            kind, got, _ = await asyncio.wait_for(self._ask(conn, Kind.LOAD, 0, meta, b""), 30)
-            return kind, got
-        finally:
-            conn[1].close()
-
-    async def invoke(self, event: Any = None, *, timeout: float = 60) -> tuple[int, dict[str, Any], Any]:
-        """One call: (kind, meta, decoded body). A dead instance raises IncompleteReadError/ConnectionError."""
-        if self._conn is None:
-            self._conn = await self._connect()
-        self._rid += 1
-        meta = {"rid": f"req-{self._rid}", "deadline": (time.time() + timeout) * 1000}
-        kind, got, body = await asyncio.wait_for(
-            self._ask(self._conn, Kind.INVOKE, self._rid, meta, json.dumps(event).encode()), timeout
-        )
-        return kind, got, json.loads(body) if kind == Kind.RESULT and body and not got.get("raw") else body
-
-    async def result(self, event: Any = None, *, timeout: float = 60) -> Any:
-        kind, meta, body = await self.invoke(event, timeout=timeout)
-        assert kind == Kind.RESULT, meta
-        return body
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            self._conn[1].close()
-            self._conn = None
+def _zygotes(parent: int) -> list[psutil.Process]:
+    """The zygotes (``_zygote.py``) that ``parent`` started."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
+        if proc.info["ppid"] == parent and any("_zygote.py" in part for part in proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
 
 
-FunctionFactory = Callable[[str], str]
-DriverFactory = Callable[..., Awaitable[NamespaceSandbox]]
-Binder = Callable[..., Awaitable[Instance]]
+def _tree(driver: SandboxDriver) -> _cgroups.CgroupTree:
+    """The driver's cgroups: its own if started, else where a start on its state_dir would put them."""
+    ns = cast(NamespaceSandbox, driver)
+    return ns._tree or _cgroups.open_tree(ns._cgroup_name, ns.cgroup_parent)
 
 
-async def _bind(
-    driver: NamespaceSandbox,
-    code_dir: str,
-    *,
-    memory_mb: int = 128,
-    pids_max: int = 64,
-    runtime: Runtime | None = None,
-    key: str = "f:1",
-) -> Instance:
-    info = await driver.create(runtime or PythonRuntime())
-    code = await driver.warmup(info.id, WarmupSpec(key, code_dir, memory_mb, 30.0, pids_max=pids_max))
-    instance = Instance(driver, info)
-    kind, meta = await instance.load(code, memory_mb=memory_mb)
-    assert kind == Kind.LOADED, meta
-    return instance
+class NamespaceAdapter(SandboxAdapter):
+    """The namespace driver for ``easyfaas.testing.sandbox_conformance``."""
+
+    driver_class = NamespaceSandbox
+    tmp_option = "tmp_size_mb"
+    base_processes = 2  # the sandbox's init (pid 1) and the runner (pid 3)
+
+    def make_runtime(self) -> Runtime:
+        return PythonRuntime()
+
+    def sandbox_leftovers(self, driver: SandboxDriver, sandbox_id: str) -> list[str]:
+        return [
+            *super().sandbox_leftovers(driver, sandbox_id),
+            *(f"cgroup {d}" for d in _tree(driver).leaf_dirs(sandbox_id) if os.path.exists(d)),
+            *(f"mount {m}" for m in mounts_under(str(driver.state_dir)) if sandbox_id in m),
+        ]
+
+    def leftovers(self, driver: SandboxDriver) -> list[str]:
+        cgroups = [d for d in _tree(driver).dirs if os.path.exists(d)]
+        return [
+            *(f"cgroup {d}" for d in cgroups),
+            *(f"cgroup {leaf.path}" for d in cgroups for leaf in sorted(os.scandir(d), key=str) if leaf.is_dir()),
+            *(f"mount {m}" for m in mounts_under(str(driver.state_dir))),
+            *("zygote process" for _ in _zygotes(os.getpid())),
+        ]
+
+    def crash(self, funclet: subprocess.Popen[str]) -> None:
+        # A crash as bad as it gets: the zygote dies first, so nothing reaps the sandboxes.
+        for zygote in _zygotes(funclet.pid):
+            zygote.kill()
+        funclet.kill()
 
 
 @pytest.fixture
-def bind() -> Binder:
-    """``await bind(driver, code_dir, memory_mb=, pids_max=, runtime=, key=)``: created, warmed, LOADed."""
-    return _bind
+def zygotes() -> Callable[[int], list[psutil.Process]]:
+    """``zygotes(parent)``: the zygotes that ``parent`` started."""
+    return _zygotes
 
 
 @pytest.fixture
-def make_function(tmp_path: Path) -> FunctionFactory:
-    """Write ``source`` as handler.py into a fresh, world-readable code directory; return its path."""
-    counter = iter(range(1_000_000))
-
-    def make(source: str) -> str:
-        code = tmp_path / f"fn{next(counter)}"
-        code.mkdir()
-        (code / "handler.py").write_text(textwrap.dedent(source))
-        os.chmod(code, 0o755)
-        os.chmod(code / "handler.py", 0o644)
-        return str(code)
-
-    return make
+def sandbox_adapter() -> NamespaceAdapter:
+    return NamespaceAdapter()
 
 
 @pytest.fixture
-def assert_healthy(make_function: FunctionFactory) -> Callable[[NamespaceSandbox], Awaitable[None]]:
-    """The engine's other functions are unaffected: a brand-new sandbox still serves calls."""
-
-    async def check(driver: NamespaceSandbox) -> None:
-        instance = await _bind(driver, make_function(HELLO), key="healthy:1")
-        assert await instance.result("again") == {"hello": "again"}
-        await instance.close()
-        await driver.destroy(instance.id)
-
-    return check
-
-
-async def _next_event(driver: NamespaceSandbox, sandbox_id: str, timeout: float = 30) -> SandboxEvent:
-    events = driver.events()
-
-    async def first() -> SandboxEvent:
-        async for event in events:
-            if event.sandbox_id == sandbox_id:
-                return event
-        raise AssertionError("the event stream ended")
-
-    try:
-        return await asyncio.wait_for(first(), timeout)
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def next_event() -> Callable[..., Awaitable[SandboxEvent]]:
-    """``await next_event(driver, sandbox_id)``: the next event about that sandbox."""
-    return _next_event
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="efns-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def driver_factory(state_dir: Path) -> AsyncIterator[DriverFactory]:
-    """``await driver_factory(runtimes=None, **options)``: a started driver, stopped after the test."""
-    drivers: list[NamespaceSandbox] = []
-    extra_dirs: list[str] = []
-
-    async def make(runtimes: dict[str, Runtime] | None = None, **options: Any) -> NamespaceSandbox:
-        if "state_dir" not in options:
-            if drivers:
-                extra_dirs.append(tempfile.mkdtemp(prefix="efns-", dir="/tmp"))
-            options["state_dir"] = Path(extra_dirs[-1]) if drivers else state_dir
-        driver = NamespaceSandbox(**options)
-        drivers.append(driver)
-        await driver.start(runtimes if runtimes is not None else {"python": PythonRuntime()})
-        return driver
-
-    yield make
-    for driver in drivers:
-        await driver.stop()
-    for path in extra_dirs:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def driver(driver_factory: DriverFactory) -> NamespaceSandbox:
-    """A started driver with the Python runtime and an 8 MiB /tmp."""
-    return await driver_factory(tmp_size_mb=8)
+async def harness(sandbox_adapter: NamespaceAdapter, tmp_path: Path) -> AsyncIterator[SandboxHarness]:
+    """Drivers (stopped after the test), functions on disk, bound sandboxes: for the namespace-only tests."""
+    async with SandboxHarness.open(sandbox_adapter, tmp_path) as harness:
+        yield harness
