@@ -12,6 +12,8 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+import easyfaas.runner_child
+import easyfaas.runner_support
 import easyfaas.wire
 from easyfaas.errors import FunctionSpecError
 from easyfaas.interfaces import Runtime
@@ -62,7 +64,12 @@ class LambdaRuntime(Runtime):
         self.interpreter = str(Path(sys.executable).resolve())
 
     def runner_files(self) -> dict[str, Path]:
-        return {"easyfaas_lambda_runner.py": _RUNNER, "easyfaas_wire.py": Path(easyfaas.wire.__file__)}
+        return {
+            "easyfaas_lambda_runner.py": _RUNNER,
+            "easyfaas_runner_support.py": Path(easyfaas.runner_support.__file__),
+            "easyfaas_runner_child.py": Path(easyfaas.runner_child.__file__),
+            "easyfaas_wire.py": Path(easyfaas.wire.__file__),
+        }
 
     def runner_command(self, runner_dir: str, socket_path: str) -> list[str]:
         return [self.interpreter, "-I", "-S", "-B", f"{runner_dir}/easyfaas_lambda_runner.py", socket_path]

@@ -7,6 +7,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+import easyfaas.runner_support
 import easyfaas.wire
 from easyfaas.errors import FunctionSpecError
 from easyfaas.interfaces import Runtime
@@ -32,7 +33,11 @@ class PythonRuntime(Runtime):
         self.interpreter = interpreter or _real_executable()
 
     def runner_files(self) -> dict[str, Path]:
-        return {"easyfaas_runner.py": _RUNNER, "easyfaas_wire.py": Path(easyfaas.wire.__file__)}
+        return {
+            "easyfaas_runner.py": _RUNNER,
+            "easyfaas_runner_support.py": Path(easyfaas.runner_support.__file__),
+            "easyfaas_wire.py": Path(easyfaas.wire.__file__),
+        }
 
     def runner_command(self, runner_dir: str, socket_path: str) -> list[str]:
         return [self.interpreter, "-I", "-S", "-B", f"{runner_dir}/easyfaas_runner.py", socket_path]

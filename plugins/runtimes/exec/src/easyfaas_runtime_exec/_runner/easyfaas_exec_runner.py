@@ -1,48 +1,39 @@
 """The exec runner: runs the function's executable once per call, as OpenFaaS's classic watchdog does.
 
-Standard library only, plus ``easyfaas_wire`` placed beside this file. Started as
+Standard library only, plus ``easyfaas_runner_support``, ``easyfaas_runner_child`` and
+``easyfaas_wire`` placed beside this file. Started as
 ``python -I -S -B easyfaas_exec_runner.py SOCKET`` or, by a zygote, as ``serve(SOCKET)``.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import easyfaas_wire as wire  # found through the line above
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: runners start faster without it
-    from typing import Any, TypeGuard
+    from typing import Any
 
-Kind = wire.Kind
-LOG_CAP = 1024 * 1024
+    from easyfaas import runner_child as child  # the same files, as the type checker finds them
+    from easyfaas import runner_support as support
+else:  # found through the sys.path line above
+    import easyfaas_runner_child as child
+    import easyfaas_runner_support as support
+
+Kind = support.Kind
+LOG_CAP = support.LOG_CAP
 #: How many trailing stderr lines an ERROR carries as its ``stack``.
 STACK_LINES = 50
 _CHUNK = 1 << 16
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def _error(error_type: str, message: str, stack: list[str] | None = None, logs: str = "") -> dict[str, Any]:
-    return {"type": error_type, "message": message, "stack": stack or [], "logs": logs}
-
-
-def is_http_event(event: object) -> TypeGuard[dict[str, Any]]:
-    """A payload-2.0 event, as the HTTP trigger builds them (Lambda function URLs)."""
-    if not isinstance(event, dict) or event.get("version") != "2.0":
-        return False
-    context = event.get("requestContext")
-    return isinstance(context, dict) and isinstance(context.get("http"), dict)
+_error = support.error
 
 
 def header_variable(name: str) -> str:
@@ -141,11 +132,11 @@ def run(argv: list[str], cwd: str, env: dict[str, str], stdin: bytes, timeout: f
     return proc.wait(), b"".join(out), err
 
 
-class Runner:
+class Runner(support.Runner):
     def __init__(self) -> None:
+        super().__init__()
         self.function: dict[str, Any] | None = None
         self.executable = ""
-        self.stop = False
 
     def load(self, meta: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if self.function is not None:
@@ -160,13 +151,7 @@ class Runner:
             return Kind.LOAD_ERROR, _error("HandlerNotExecutable", f"{handler!r} is not executable (chmod +x it before packaging)")
         os.environ.update(meta.get("env") or {})
         # The platform's names win over the function's env: they describe this very instance.
-        os.environ.update({
-            "EASYFAAS_FUNCTION_NAME": str(meta.get("function", "")),
-            "EASYFAAS_FUNCTION_VERSION": str(meta.get("version", "$LATEST")),
-            "EASYFAAS_MEMORY_MB": str(meta.get("memory_mb", 128)),
-            "EASYFAAS_FUNCTION_ARN": str(meta.get("arn", "")),
-            "EASYFAAS_INSTANCE": str(meta.get("instance", "")),
-        })  # fmt: skip
+        os.environ.update(child.function_env(meta))
         os.chdir(code_dir)
         self.executable = path
         self.function = meta
@@ -180,30 +165,22 @@ class Runner:
         env = dict(os.environ)
         env["EASYFAAS_REQUEST_ID"] = str(meta.get("rid", ""))
         env["EASYFAAS_DEADLINE_MS"] = str(int(deadline * 1000))
-        try:
-            event = json.loads(body) if body else None
-        except ValueError:
-            event = None
+        event = child.decode_event(body)
         http = False
         content_type = ""
-        if is_http_event(event):
+        if child.is_http_event(event):
             http = True
             stdin, http_env, content_type = http_request(event)
             env.update(http_env)
         else:
             stdin = body
-        # The engine kills the sandbox at the deadline; this bound only keeps a stray call finite.
-        timeout = max(1.0, deadline - time.time() + 1.0) if deadline else 900.0
+        timeout = child.call_timeout(meta)
         try:
             code, out, err = run([self.executable], os.getcwd(), env, stdin, timeout, int(meta.get("log_cap", LOG_CAP)))
         except OSError as exc:
             return Kind.ERROR, _error("Runtime.ExecError", f"cannot run {self.function['handler']!r}: {exc}"), b""
-        reply: dict[str, Any] = {"ms": (time.perf_counter() - started) * 1000}
         logs = err.text()
-        if logs:
-            reply["logs"] = logs
-        if err.dropped:
-            reply["truncated"] = err.dropped
+        reply = child.reply_meta(started, logs, err.dropped)
         if code != 0:
             lines = [line for line in logs.split("\n") if line.strip()]  # not splitlines(): U+2028 is no line end here
             if code < 0:
@@ -214,10 +191,8 @@ class Runner:
                 message += ": " + lines[-1]
             return Kind.ERROR, {**reply, "type": "Runtime.ExitError", "message": message, "stack": lines[-STACK_LINES:]}, b""
         if http:
-            return Kind.RESULT, reply, _dumps(self.http_response(out, content_type)).encode()
-        try:
-            json.loads(out)
-        except ValueError:
+            return Kind.RESULT, reply, support.dumps(self.http_response(out, content_type)).encode()
+        if not child.is_json(out):
             reply["raw"] = True  # not JSON: the bytes as they are
             return Kind.RESULT, reply, out
         return Kind.RESULT, reply, out.strip()
@@ -235,47 +210,11 @@ class Runner:
         return {"statusCode": 200, "headers": {"Content-Type": content_type or "text/plain; charset=utf-8"},
                 "body": text, "isBase64Encoded": False}  # fmt: skip
 
-    def serve_connection(self, conn: socket.socket) -> None:
-        recv, encode = wire.recv_frame, wire.encode
-        while not self.stop:
-            kind, rid, meta, body = recv(conn)
-            if kind == Kind.INVOKE:
-                out_kind, out_meta, out_body = self.invoke(meta, body)
-                conn.sendall(encode(out_kind, rid, out_meta, out_body))
-            elif kind == Kind.LOAD:
-                out_kind, out_meta = self.load(meta)
-                conn.sendall(encode(out_kind, rid, out_meta))
-            elif kind == Kind.PING:
-                conn.sendall(encode(Kind.PONG, rid))
-            elif kind == Kind.SHUTDOWN:
-                self.stop = True
-            else:
-                raise wire.FrameError(f"unexpected message kind {kind}")
-
 
 def serve(socket_path: str) -> None:
     """Listen on ``socket_path`` and serve until SHUTDOWN."""
-    try:
-        os.unlink(socket_path)
-    except FileNotFoundError:
-        pass
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(socket_path)
-    server.listen(16)
-    runner = Runner()
-    while not runner.stop:
-        conn, _ = server.accept()
-        try:
-            runner.serve_connection(conn)
-        except (EOFError, ConnectionError, wire.FrameError):
-            pass  # the peer left or broke the protocol: wait for the next connection
-        finally:
-            conn.close()
-    server.close()
+    support.serve(Runner(), socket_path)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.stderr.write("usage: easyfaas_exec_runner.py SOCKET\n")
-        raise SystemExit(2)
-    serve(sys.argv[1])
+    support.main(serve, "easyfaas_exec_runner.py")

@@ -1,6 +1,7 @@
 """The lambda runner: serves the AWS Lambda Runtime API to the function's ``bootstrap`` (custom runtimes).
 
-Standard library only, plus ``easyfaas_wire`` placed beside this file. Started as
+Standard library only, plus ``easyfaas_runner_support``, ``easyfaas_runner_child`` and
+``easyfaas_wire`` placed beside this file. Started as
 ``python -I -S -B easyfaas_lambda_runner.py SOCKET`` or, by a zygote, as ``serve(SOCKET)``.
 """
 
@@ -9,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import select
-import socket
 import subprocess
 import sys
 import threading
@@ -20,81 +19,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import easyfaas_wire as wire  # found through the line above
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: runners start faster without it
     from typing import Any
 
-Kind = wire.Kind
-LOG_CAP = 1024 * 1024
+    from easyfaas import runner_child as child  # the same files, as the type checker finds them
+    from easyfaas import runner_support as support
+else:  # found through the sys.path line above
+    import easyfaas_runner_child as child
+    import easyfaas_runner_support as support
+
+Kind = support.Kind
+LOG_CAP = support.LOG_CAP
 #: Seconds the bootstrap gets to initialise (ask for its first event); the function's env may change it.
 INIT_TIMEOUT = 30.0
 INIT_TIMEOUT_VAR = "EASYFAAS_INIT_TIMEOUT"
-#: Output kept between calls (shown with the next call) before the oldest is dropped.
-PENDING_CAP = 4 * 1024 * 1024
 API = "/2018-06-01/runtime"
 DEFAULT_REGION = "us-east-1"
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def _error(error_type: str, message: str, stack: list[str] | None = None, logs: str = "") -> dict[str, Any]:
-    return {"type": error_type, "message": message, "stack": stack or [], "logs": logs}
-
-
-class OutputPump:
-    """The bootstrap's stdout+stderr, read by a thread so it never blocks on a full pipe.
-
-    Reads happen only under the lock, so ``take()`` after a reply sees everything the
-    bootstrap wrote before replying: nothing sits in a read the lock does not cover.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        os.set_blocking(fd, False)
-        self.lock = threading.Lock()
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.dropped = 0
-        self.eof = False
-        threading.Thread(target=self._pump, name="output", daemon=True).start()
-
-    def _read_available(self) -> None:
-        while not self.eof:
-            try:
-                data = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self.eof = True
-                return
-            self.parts.append(data)
-            self.size += len(data)
-            while self.size > PENDING_CAP and len(self.parts) > 1:
-                old = self.parts.pop(0)
-                self.size -= len(old)
-                self.dropped += len(old)
-
-    def _pump(self) -> None:
-        while not self.eof:
-            select.select([self.fd], [], [])
-            with self.lock:
-                self._read_available()
-
-    def take(self, cap: int) -> tuple[str, int]:
-        """What arrived since the last take: (text, characters dropped), at most ``cap`` characters kept."""
-        with self.lock:
-            self._read_available()
-            data, dropped = b"".join(self.parts), self.dropped
-            self.parts, self.size, self.dropped = [], 0, 0
-        text = data.decode("utf-8", "replace")
-        if len(text) > cap:
-            dropped += len(text) - cap
-            text = text[:cap]
-        return text, dropped
+_error = support.error
 
 
 class Invocation:
@@ -207,14 +150,14 @@ def error_from(body: bytes, headers: dict[str, str], default_type: str) -> dict[
     return {"type": str(error_type), "message": str(doc.get("errorMessage", "")), "stack": [str(line) for line in stack]}
 
 
-class Runner:
+class Runner(support.Runner):
     def __init__(self) -> None:
+        super().__init__()
         self.function: dict[str, Any] | None = None
         self.loading = False
         self.api: RuntimeApi | None = None
         self.proc: subprocess.Popen[bytes] | None = None
-        self.output: OutputPump | None = None
-        self.stop = False
+        self.output: child.OutputPump | None = None
 
     def load(self, meta: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if self.function is not None or self.loading:
@@ -248,19 +191,12 @@ class Runner:
             "AWS_REGION": region, "AWS_DEFAULT_REGION": region,
             "LD_LIBRARY_PATH": ":".join(p for p in (f"{code_dir}/lib", env.get("LD_LIBRARY_PATH", "")) if p),
         })  # fmt: skip
-        read_fd, write_fd = os.pipe()
         try:
-            self.proc = subprocess.Popen([bootstrap], cwd=code_dir, env=env, stdin=subprocess.DEVNULL, stdout=write_fd, stderr=write_fd)
+            self.proc, self.output = child.spawn([bootstrap], code_dir, env)
         except OSError as exc:
             self.loading = False
             return Kind.LOAD_ERROR, _error("Runtime.InvalidEntrypoint", f"cannot start bootstrap: {exc}")
-        finally:
-            os.close(write_fd)
-        self.output = OutputPump(read_fd)
-        try:
-            timeout = float(os.environ.get(INIT_TIMEOUT_VAR) or INIT_TIMEOUT)
-        except ValueError:
-            timeout = INIT_TIMEOUT
+        timeout = child.seconds_from_env(INIT_TIMEOUT_VAR, INIT_TIMEOUT)
         problem = self._wait_initialised(timeout)
         logs, _dropped = self.output.take(LOG_CAP)
         if problem is not None:
@@ -269,7 +205,7 @@ class Runner:
                 self.proc.wait()
             return Kind.LOAD_ERROR, {**problem, "logs": logs}
         self.function = meta
-        threading.Thread(target=self._watch, name="watch", daemon=True).start()
+        child.watch(self.proc, "easyfaas lambda runner: bootstrap")
         return Kind.LOADED, {"init_ms": (time.perf_counter() - started) * 1000, "logs": logs}
 
     def _wait_initialised(self, timeout: float) -> dict[str, Any] | None:
@@ -287,14 +223,6 @@ class Runner:
                 return _error("Runtime.InitTimeout", f"bootstrap did not ask for an event within {timeout:g}s")
         return None
 
-    def _watch(self) -> None:
-        """The bootstrap is the function: when it ends, so does the instance."""
-        assert self.proc is not None
-        code = self.proc.wait()
-        sys.stderr.write(f"easyfaas lambda runner: bootstrap exited with status {code}\n")
-        sys.stderr.flush()
-        os._exit(code if 0 < code < 256 else 1)
-
     def invoke(self, meta: dict[str, Any], body: bytes) -> tuple[int, dict[str, Any], bytes]:
         if self.function is None or self.api is None or self.output is None:
             return Kind.ERROR, _error("NotLoaded", "no function is loaded"), b""
@@ -304,66 +232,25 @@ class Runner:
         self.api.pending.put(invocation)
         # The engine kills the sandbox at the deadline; this bound only keeps a stray call finite.
         invocation.done.wait(max(1.0, deadline_ms / 1000 - time.time() + 1.0))
-        logs, dropped = self.output.take(int(meta.get("log_cap", LOG_CAP)))
-        reply: dict[str, Any] = {"ms": (time.perf_counter() - started) * 1000}
-        if logs:
-            reply["logs"] = logs
-        if dropped:
-            reply["truncated"] = dropped
+        reply = child.reply_meta(started, *self.output.take(int(meta.get("log_cap", LOG_CAP))))
         if invocation.outcome is None:
             return Kind.ERROR, {**reply, **_error("Runtime.Timeout", "the bootstrap did not answer before the deadline")}, b""
         kind, out, headers = invocation.outcome
         if kind == "error":
             return Kind.ERROR, {**reply, **error_from(out, headers, default_type="Runtime.UnknownError")}, b""
-        try:
-            json.loads(out)
-        except ValueError:
+        if not child.is_json(out):
             reply["raw"] = True  # not JSON: the bytes as the bootstrap posted them
         return Kind.RESULT, reply, out
 
-    def serve_connection(self, conn: socket.socket) -> None:
-        recv, encode = wire.recv_frame, wire.encode
-        while not self.stop:
-            kind, rid, meta, body = recv(conn)
-            if kind == Kind.INVOKE:
-                out_kind, out_meta, out_body = self.invoke(meta, body)
-                conn.sendall(encode(out_kind, rid, out_meta, out_body))
-            elif kind == Kind.LOAD:
-                out_kind, out_meta = self.load(meta)
-                conn.sendall(encode(out_kind, rid, out_meta))
-            elif kind == Kind.PING:
-                conn.sendall(encode(Kind.PONG, rid))
-            elif kind == Kind.SHUTDOWN:
-                self.stop = True
-            else:
-                raise wire.FrameError(f"unexpected message kind {kind}")
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
 
 
 def serve(socket_path: str) -> None:
     """Listen on ``socket_path`` and serve until SHUTDOWN."""
-    try:
-        os.unlink(socket_path)
-    except FileNotFoundError:
-        pass
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(socket_path)
-    server.listen(16)
-    runner = Runner()
-    while not runner.stop:
-        conn, _ = server.accept()
-        try:
-            runner.serve_connection(conn)
-        except (EOFError, ConnectionError, wire.FrameError):
-            pass  # the peer left or broke the protocol: wait for the next connection
-        finally:
-            conn.close()
-    server.close()
-    if runner.proc is not None and runner.proc.poll() is None:
-        runner.proc.kill()
+    support.serve(Runner(), socket_path)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.stderr.write("usage: easyfaas_lambda_runner.py SOCKET\n")
-        raise SystemExit(2)
-    serve(sys.argv[1])
+    support.main(serve, "easyfaas_lambda_runner.py")

@@ -1,9 +1,9 @@
 """The Python runner: serves the runtime protocol inside a sandbox.
 
-Standard library only, plus ``easyfaas_wire`` (core's ``easyfaas/wire.py``) placed beside
-this file. Started as ``python -I -S easyfaas_runner.py SOCKET`` or, by a zygote that has
-imported this module, as ``serve(SOCKET)``. A small blocking loop: one connection at a
-time, one call at a time.
+Standard library only, plus ``easyfaas_runner_support`` and ``easyfaas_wire`` (core's
+``easyfaas/runner_support.py`` and ``easyfaas/wire.py``) placed beside this file. Started as
+``python -I -S easyfaas_runner.py SOCKET`` or, by a zygote that has imported this module, as
+``serve(SOCKET)``. A small blocking loop: one connection at a time, one call at a time.
 """
 
 from __future__ import annotations
@@ -13,23 +13,25 @@ import importlib
 import io
 import json
 import os
-import socket
 import sys
 import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import easyfaas_wire as wire  # found through the line above
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: runners start faster without it
+    import socket
     from typing import Any
 
-Kind = wire.Kind
-LOG_CAP = 1024 * 1024
+    from easyfaas import runner_support as support  # the same file, as the type checker finds it
+else:
+    import easyfaas_runner_support as support  # found through the sys.path line above
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+Kind = support.Kind
+LOG_CAP = support.LOG_CAP
+
+_dumps = support.dumps
 
 
 class CappedLog(io.TextIOBase):
@@ -88,11 +90,11 @@ def _error_meta(exc: BaseException, error_type: str | None = None) -> dict[str, 
     }
 
 
-class Runner:
+class Runner(support.Runner):
     def __init__(self) -> None:
+        super().__init__()
         self.handler = None
         self.function: dict[str, Any] = {}
-        self.stop = False
 
     def load(self, meta: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if self.handler is not None:
@@ -166,56 +168,14 @@ class Runner:
             reply["truncated"] = state[1]
         return Kind.RESULT, reply, out
 
-    def serve_connection(self, conn: socket.socket) -> None:
-        recv, encode = wire.recv_frame, wire.encode
-        while not self.stop:
-            kind, rid, meta, body = recv(conn)
-            if kind == Kind.INVOKE:
-                out_kind, out_meta, out_body = self.invoke(meta, body)
-                conn.sendall(encode(out_kind, rid, out_meta, out_body))
-            elif kind == Kind.LOAD:
-                out_kind, out_meta = self.load(meta)
-                conn.sendall(encode(out_kind, rid, out_meta))
-            elif kind == Kind.PING:
-                conn.sendall(encode(Kind.PONG, rid))
-            elif kind == Kind.SHUTDOWN:
-                self.stop = True
-            else:
-                raise wire.FrameError(f"unexpected message kind {kind}")
-
-
-def listen(socket_path: str) -> socket.socket:
-    try:
-        os.unlink(socket_path)
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(socket_path)
-    sock.listen(16)
-    return sock
-
 
 def serve(socket_path: str, sock: socket.socket | None = None) -> None:
     """Listen on ``socket_path`` (unless a bound ``sock`` is given) and serve until SHUTDOWN."""
-    server = sock if sock is not None else listen(socket_path)
-    runner = Runner()
-    while not runner.stop:
-        conn, _ = server.accept()
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        try:
-            runner.serve_connection(conn)
-        except (EOFError, ConnectionError, wire.FrameError):
-            pass
-        finally:
-            conn.close()
-    server.close()
+    support.serve(Runner(), socket_path, sock, sndbuf=1 << 20)
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        sys.stderr.write("usage: easyfaas_runner.py SOCKET\n")
-        raise SystemExit(2)
-    serve(sys.argv[1])
+    support.main(serve, "easyfaas_runner.py")
 
 
 if __name__ == "__main__":
