@@ -30,6 +30,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 HELLO = ROOT / "examples" / "hello"
 PY = sys.executable
+#: The sandbox drivers a suite can be asked to measure (``--sandbox``).
+SANDBOXES = ["process", "namespace", "docker"]
 
 # --------------------------------------------------------------------------------------------
 # command line
@@ -55,7 +57,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--sandbox",
         action="append",
-        choices=["process", "namespace"],
+        choices=SANDBOXES,
         help="sandbox driver(s) to measure (default: process, plus namespace when available)",
     )
     p.add_argument("--json", type=Path, help="write the figures here as JSON")
@@ -63,18 +65,83 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def sandboxes(chosen: list[str] | None) -> tuple[list[str], dict[str, str]]:
-    """The sandboxes to run, and why any wanted one is skipped."""
+    """The sandboxes to run, and why any wanted one is skipped.
+
+    ``docker`` is only measured when asked for; a suite run on its own starts dockerd for it
+    (and stops it at exit) as the docker driver's tests do, see ``start_dockerd``."""
     from easyfaas.testing import sandbox_unavailable
 
     wanted = chosen or ["process", "namespace"]
     run, skipped = [], {}
     for name in wanted:
+        if name == "docker":
+            proc, reason = start_dockerd()
+            if proc is not None:
+                atexit.register(stop_dockerd, proc)
+            if reason is not None:
+                skipped[name] = reason
+                continue
         reason = sandbox_unavailable(name)
         if reason is None:
             run.append(name)
         else:
             skipped[name] = reason
     return run, skipped
+
+
+DOCKERD_WAIT = 60.0
+
+
+def start_dockerd(log_path: Path | None = None) -> tuple[subprocess.Popen[bytes] | None, str | None]:
+    """Make sure a Docker engine answers, as plugins/sandboxes/docker/tests/conftest.py does:
+    (the dockerd started here or None, None), or (None, why there is no engine).
+
+    Started only when none answers, ``DOCKER_HOST`` is unset, we are root and ``dockerd`` exists:
+    ``dockerd --iptables=false --bridge=none`` (containers have no network). Stop it with ``stop_dockerd``."""
+    from easyfaas.testing import sandbox_unavailable
+
+    reason = sandbox_unavailable("docker")
+    if reason is None:
+        return None, None
+    if "plugin does not load" in reason:
+        return None, reason
+    if os.environ.get("DOCKER_HOST"):
+        return None, f"{reason} (DOCKER_HOST is set, so no local dockerd is started)"
+    dockerd = shutil.which("dockerd")
+    if dockerd is None:
+        return None, f"{reason}; no dockerd binary to start (.ci/install-docker installs docker.io)"
+    if os.geteuid() != 0:
+        return None, f"{reason}; not root, so dockerd cannot be started here"
+    if log_path is None:
+        log_path = scratch("efbench-dockerd-") / "dockerd.log"
+    log(f"starting dockerd (log: {log_path})")
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([dockerd, "--iptables=false", "--bridge=none"], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + DOCKERD_WAIT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-1500:]
+            return None, f"dockerd exited with code {proc.returncode}: {tail}"
+        if sandbox_unavailable("docker") is None:
+            return proc, None
+        time.sleep(0.2)
+    stop_dockerd(proc)
+    return None, f"dockerd did not answer within {DOCKERD_WAIT:.0f}s (log: {log_path})"
+
+
+def stop_dockerd(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the dockerd ``start_dockerd`` started (it stops its containerd too), then wait."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(Exception):  # stderr may be a closed pipe by now: stop it all the same
+        log("stopping the dockerd started for the bench")
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def emit(result: dict[str, Any], path: Path | None) -> None:
@@ -160,12 +227,14 @@ def _os_release() -> str:
 
 
 @contextlib.contextmanager
-def engine(sandbox: str, *, pool: int = 8, keep_alive: str = "600s", **extra: Any) -> Iterator[Any]:
-    """A started ``RunningEngine`` in a fresh temp dir; stopped and removed afterwards."""
+def engine(sandbox: str, *, pool: int | dict[str, int] = 8, keep_alive: str = "600s", **extra: Any) -> Iterator[Any]:
+    """A started ``RunningEngine`` in a fresh temp dir; stopped and removed afterwards.
+
+    ``pool``: the generic pool of Python sandboxes, or a pool size per runtime."""
     from easyfaas.testing import RunningEngine
 
     tmp = Path(tempfile.mkdtemp(prefix=f"efbench-{sandbox}-"))
-    eng = RunningEngine(tmp / "eng", sandbox=sandbox, pool={"python": pool},
+    eng = RunningEngine(tmp / "eng", sandbox=sandbox, pool=pool if isinstance(pool, dict) else {"python": pool},
                         controller={"keep_alive": keep_alive, **extra.pop("controller", {})}, **extra)  # fmt: skip
     try:
         eng.start(timeout=90)
@@ -230,21 +299,21 @@ def deploy_many(eng: Any, fdir: Path, names: list[str], threads: int = 4) -> flo
     return time.perf_counter() - t0
 
 
-def pool_ready(eng: Any) -> int:
+def pool_ready(eng: Any, runtime: str = "python") -> int:
     import httpx
 
     try:
         health = httpx.get(f"{eng.endpoint}/v1/health", timeout=5).json()
-        return int(health["funclet"]["pool_ready"].get("python", 0))
+        return int(health["funclet"]["pool_ready"].get(runtime, 0))
     except (httpx.HTTPError, KeyError, ValueError):
         return -1
 
 
-def wait_pool(eng: Any, target: int, timeout: float = 10.0, poll: float = 0.02) -> float:
-    """Wait until the funclet's generic pool holds ``target`` sandboxes; returns seconds waited."""
+def wait_pool(eng: Any, target: int, timeout: float = 10.0, poll: float = 0.02, runtime: str = "python") -> float:
+    """Wait until the funclet's generic pool of ``runtime`` holds ``target`` sandboxes; returns seconds waited."""
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
-        if pool_ready(eng) >= target:
+        if pool_ready(eng, runtime) >= target:
             break
         time.sleep(poll)
     return time.perf_counter() - t0
