@@ -304,7 +304,7 @@ class Controller:
         if kind == Kind.RESULT:
             raw = bool(meta.get("raw"))
             self._record(fv, rid, trigger, start, t0, t1, t2, init_ms, inst.id, "success", None,
-                         None if raw else out[:RESULT_CAP].decode("utf-8", "replace"), logs)  # fmt: skip
+                         None if raw else out[:RESULT_CAP].decode("utf-8", "replace"), logs, meta.get("ms"))  # fmt: skip
             return InvocationResult(
                 request_id=rid, body=out, raw=raw, function=fv.name, version=fv.version,
                 duration_ms=(t2 - t0) * 1000, init_ms=init_ms, logs=logs,
@@ -315,7 +315,8 @@ class Controller:
                 details={"errorType": meta.get("type", "Error"), "stackTrace": meta.get("stack", []), "logs": logs},
             )
             record_error = {k: v for k, v in error.to_dict().items() if k != "logs"}
-            self._record(fv, rid, trigger, start, t0, t1, t2, init_ms, inst.id, error.status, record_error, None, logs)
+            self._record(fv, rid, trigger, start, t0, t1, t2, init_ms, inst.id, error.status, record_error, None, logs,
+                         meta.get("ms"))  # fmt: skip
             error.request_id = rid
             raise error
         raise PlatformError(f"instance {inst.id} answered INVOKE with message kind {kind}")
@@ -323,6 +324,7 @@ class Controller:
     def _record(
         self, fv: FunctionVersion, rid: str, trigger: str, start: float, t0: float, t1: float, t2: float,
         init_ms: float | None, instance: str, status: str, error: dict[str, Any] | None, result: str | None, logs: str,
+        handler_ms: float | None = None,
     ) -> None:  # fmt: skip
         duration = t2 - t0
         # labels() hashes and locks on every lookup: keep each function's children at hand.
@@ -337,6 +339,9 @@ class Controller:
             "start": start, "end": start + duration, "duration_ms": duration * 1000, "wait_ms": (t1 - t0) * 1000,
             "init_ms": init_ms, "instance": instance, "error": error, "result": result, "logs": logs,
         }  # fmt: skip
+        if handler_ms is not None:
+            # The runner's own time for the call: duration_ms minus this is the engine's overhead.
+            record["handler_ms"] = handler_ms
         self.activations.add(record)
         self.plugins.after_invoke(record)
 
