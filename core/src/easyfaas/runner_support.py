@@ -20,6 +20,7 @@ A runner subclasses ``Runner`` (``load`` and ``invoke``) and calls ``serve``::
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import socket
@@ -45,22 +46,22 @@ LOG_CAP = 1024 * 1024
 dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-class Runner:
+class Runner(abc.ABC):
     """Answers the engine's frames on one connection: LOAD with ``load()``, INVOKE with
     ``invoke()``, PING with PONG; SHUTDOWN (or setting ``stop``) ends serving."""
 
     def __init__(self) -> None:
         self.stop = False
 
+    @abc.abstractmethod
     def load(self, meta: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """LOADED or LOAD_ERROR, and its meta."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def invoke(self, meta: dict[str, Any], body: bytes) -> tuple[int, dict[str, Any], bytes]:
         """RESULT or ERROR, its meta and its body."""
-        raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Called once, after serving has ended."""
 
     def serve_connection(self, conn: socket.socket) -> None:
