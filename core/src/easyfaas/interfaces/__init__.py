@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from easyfaas.interfaces.queue import AsyncQueue, QueuedCall
-from easyfaas.interfaces.runtime import Runtime
+from easyfaas.interfaces.runtime import ChildProcessRuntime, Runtime
 from easyfaas.interfaces.sandbox import SandboxDriver
 from easyfaas.interfaces.storage import LATEST, CodeStore
 from easyfaas.interfaces.trigger import InvocationResult, Invoker, Trigger
@@ -11,6 +11,7 @@ from easyfaas.interfaces.trigger import InvocationResult, Invoker, Trigger
 __all__ = [
     "LATEST",
     "AsyncQueue",
+    "ChildProcessRuntime",
     "CodeStore",
     "InvocationResult",
     "Invoker",

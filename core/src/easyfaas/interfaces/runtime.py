@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import sysconfig
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
-__all__ = ["Runtime"]
+__all__ = ["ChildProcessRuntime", "Runtime"]
 
 
 class Runtime(ABC):
@@ -66,3 +68,51 @@ class Runtime(ABC):
 
     def check_code(self, code_dir: Path, handler: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise ``FunctionSpecError`` if ``code_dir`` cannot hold ``handler``. Called at deploy."""
+
+
+class ChildProcessRuntime(Runtime):
+    """A runtime whose stdlib Python runner starts the function as a child process (exec, http, lambda).
+
+    Subclasses name their runner (``RUNNER``, a file beside core's shared runner modules) and
+    its module (``RUNNER_MODULE``); this class supplies the runner files, the command, the
+    zygote entry and the ``host_paths`` option: host directories the functions' programs need,
+    shown read-only by isolating sandboxes (default ``/bin``, ``/usr/bin``, ``/usr/local/bin``).
+    """
+
+    RUNNER: ClassVar[Path]
+    RUNNER_MODULE: ClassVar[str]
+    DEFAULT_HOST_PATHS: ClassVar[tuple[str, ...]] = ("/bin", "/usr/bin", "/usr/local/bin")
+
+    def __init__(self, *, host_paths: list[str] | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        paths = list(self.DEFAULT_HOST_PATHS if host_paths is None else host_paths)
+        bad = [p for p in paths if not isinstance(p, str) or not p.startswith("/")]
+        if bad:
+            raise ValueError(f"host_paths must be absolute paths, got {bad}")
+        self.extra_paths = paths
+        self.interpreter = str(Path(sys.executable).resolve())
+
+    def runner_files(self) -> dict[str, Path]:
+        import easyfaas.runner_child
+        import easyfaas.runner_support
+        import easyfaas.wire
+
+        return {
+            f"{self.RUNNER_MODULE}.py": self.RUNNER,
+            "easyfaas_runner_support.py": Path(easyfaas.runner_support.__file__),
+            "easyfaas_runner_child.py": Path(easyfaas.runner_child.__file__),
+            "easyfaas_wire.py": Path(easyfaas.wire.__file__),
+        }
+
+    def runner_command(self, runner_dir: str, socket_path: str) -> list[str]:
+        return [self.interpreter, "-I", "-S", "-B", f"{runner_dir}/{self.RUNNER_MODULE}.py", socket_path]
+
+    def host_paths(self) -> list[str]:
+        paths = {sys.base_prefix, sysconfig.get_paths()["stdlib"], str(Path(self.interpreter).parent), *self.extra_paths}
+        libdir = sysconfig.get_config_var("LIBDIR")
+        if libdir:
+            paths.add(str(libdir))
+        return sorted(paths)
+
+    def python_entry(self) -> tuple[str, str]:
+        return (self.RUNNER_MODULE, "serve")

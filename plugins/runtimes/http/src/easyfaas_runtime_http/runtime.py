@@ -7,22 +7,14 @@ instance and turns every call into one HTTP request to it.
 from __future__ import annotations
 
 import os
-import sys
-import sysconfig
 from pathlib import Path
-from typing import Any
 
-import easyfaas.runner_child
-import easyfaas.runner_support
-import easyfaas.wire
 from easyfaas.errors import FunctionSpecError
-from easyfaas.interfaces import Runtime
+from easyfaas.interfaces import ChildProcessRuntime
 
-__all__ = ["DEFAULT_HOST_PATHS", "HttpRuntime"]
+__all__ = ["HttpRuntime"]
 
 _RUNNER = Path(__file__).with_name("_runner") / "easyfaas_http_runner.py"
-#: Programs servers commonly need (a shell, env, interpreters): shown read-only by isolating drivers.
-DEFAULT_HOST_PATHS = ("/bin", "/usr/bin", "/usr/local/bin")
 
 
 def check_executable(code_dir: Path, handler: str) -> Path:
@@ -48,7 +40,7 @@ def check_executable(code_dir: Path, handler: str) -> Path:
     return path
 
 
-class HttpRuntime(Runtime):
+class HttpRuntime(ChildProcessRuntime):
     """Runs a long-lived HTTP server per instance and proxies each call to it.
 
     The spec's ``handler`` names the server's executable, relative to the code (``server.py``,
@@ -59,35 +51,8 @@ class HttpRuntime(Runtime):
 
     PLUGIN_NAME = "http"
 
-    def __init__(self, *, host_paths: list[str] | None = None, **options: Any) -> None:
-        super().__init__(**options)
-        paths = list(DEFAULT_HOST_PATHS if host_paths is None else host_paths)
-        bad = [p for p in paths if not isinstance(p, str) or not p.startswith("/")]
-        if bad:
-            raise ValueError(f"host_paths must be absolute paths, got {bad}")
-        self.extra_paths = paths
-        self.interpreter = str(Path(sys.executable).resolve())
-
-    def runner_files(self) -> dict[str, Path]:
-        return {
-            "easyfaas_http_runner.py": _RUNNER,
-            "easyfaas_runner_support.py": Path(easyfaas.runner_support.__file__),
-            "easyfaas_runner_child.py": Path(easyfaas.runner_child.__file__),
-            "easyfaas_wire.py": Path(easyfaas.wire.__file__),
-        }
-
-    def runner_command(self, runner_dir: str, socket_path: str) -> list[str]:
-        return [self.interpreter, "-I", "-S", "-B", f"{runner_dir}/easyfaas_http_runner.py", socket_path]
-
-    def host_paths(self) -> list[str]:
-        paths = {sys.base_prefix, sysconfig.get_paths()["stdlib"], str(Path(self.interpreter).parent), *self.extra_paths}
-        libdir = sysconfig.get_config_var("LIBDIR")
-        if libdir:
-            paths.add(str(libdir))
-        return sorted(paths)
-
-    def python_entry(self) -> tuple[str, str]:
-        return ("easyfaas_http_runner", "serve")
+    RUNNER = _RUNNER
+    RUNNER_MODULE = "easyfaas_http_runner"
 
     def check_code(self, code_dir: Path, handler: str) -> None:
         check_executable(code_dir, handler)

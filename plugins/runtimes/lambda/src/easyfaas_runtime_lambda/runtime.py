@@ -7,22 +7,14 @@ The runner (``_runner/easyfaas_lambda_runner.py``, stdlib Python) serves the Run
 from __future__ import annotations
 
 import os
-import sys
-import sysconfig
 from pathlib import Path
-from typing import Any
 
-import easyfaas.runner_child
-import easyfaas.runner_support
-import easyfaas.wire
 from easyfaas.errors import FunctionSpecError
-from easyfaas.interfaces import Runtime
+from easyfaas.interfaces import ChildProcessRuntime
 
-__all__ = ["DEFAULT_HOST_PATHS", "LambdaRuntime"]
+__all__ = ["LambdaRuntime"]
 
 _RUNNER = Path(__file__).with_name("_runner") / "easyfaas_lambda_runner.py"
-#: What bootstraps commonly need (a shell, curl, interpreters): shown read-only by isolating drivers.
-DEFAULT_HOST_PATHS = ("/bin", "/usr/bin", "/usr/local/bin")
 
 
 def check_bootstrap(code_dir: Path) -> Path:
@@ -44,7 +36,7 @@ def check_bootstrap(code_dir: Path) -> Path:
     return path
 
 
-class LambdaRuntime(Runtime):
+class LambdaRuntime(ChildProcessRuntime):
     """Runs Lambda custom-runtime functions (``provided``): the code's ``bootstrap`` executable
     polls the Runtime API at ``$AWS_LAMBDA_RUNTIME_API``; the spec's ``handler`` becomes ``$_HANDLER``.
 
@@ -54,35 +46,8 @@ class LambdaRuntime(Runtime):
 
     PLUGIN_NAME = "lambda"
 
-    def __init__(self, *, host_paths: list[str] | None = None, **options: Any) -> None:
-        super().__init__(**options)
-        paths = list(DEFAULT_HOST_PATHS if host_paths is None else host_paths)
-        bad = [p for p in paths if not isinstance(p, str) or not p.startswith("/")]
-        if bad:
-            raise ValueError(f"host_paths must be absolute paths, got {bad}")
-        self.extra_paths = paths
-        self.interpreter = str(Path(sys.executable).resolve())
-
-    def runner_files(self) -> dict[str, Path]:
-        return {
-            "easyfaas_lambda_runner.py": _RUNNER,
-            "easyfaas_runner_support.py": Path(easyfaas.runner_support.__file__),
-            "easyfaas_runner_child.py": Path(easyfaas.runner_child.__file__),
-            "easyfaas_wire.py": Path(easyfaas.wire.__file__),
-        }
-
-    def runner_command(self, runner_dir: str, socket_path: str) -> list[str]:
-        return [self.interpreter, "-I", "-S", "-B", f"{runner_dir}/easyfaas_lambda_runner.py", socket_path]
-
-    def host_paths(self) -> list[str]:
-        paths = {sys.base_prefix, sysconfig.get_paths()["stdlib"], str(Path(self.interpreter).parent), *self.extra_paths}
-        libdir = sysconfig.get_config_var("LIBDIR")
-        if libdir:
-            paths.add(str(libdir))
-        return sorted(paths)
-
-    def python_entry(self) -> tuple[str, str]:
-        return ("easyfaas_lambda_runner", "serve")
+    RUNNER = _RUNNER
+    RUNNER_MODULE = "easyfaas_lambda_runner"
 
     def check_code(self, code_dir: Path, handler: str) -> None:
         check_bootstrap(code_dir)
