@@ -1,5 +1,7 @@
 """Scale-out on NATS JetStream: async drain rate with 1, 2 and 3 engine nodes sharing one queue,
-and how long a deploy on one node takes to reach the others.
+and how long a deploy on one node takes to reach the others. The drain runs with the shared
+activation archive on (every record also goes to the ``<bucket>-activations`` bucket before the
+call is acked); the run also reports when the bucket holds every drained call's record.
 
 Stand-alone: ``python bench/bench_nats.py [--calls N] [--clients C] [--nodes 1,2,3] [--quick] [--json OUT]``.
 Needs ``nats-server`` (Debian: apt-get install nats-server). Reports figures only; nothing is asserted.
@@ -40,6 +42,28 @@ def start_nodes(scratch: Path, nats: NatsServer, n: int, bucket: str) -> list[Ru
     with ThreadPoolExecutor(n) as pool:
         list(pool.map(lambda node: node.start(), nodes))
     return nodes
+
+
+async def archived_records(nats_url: str, bucket: str) -> int:
+    """How many records the shared activation bucket holds (one per call)."""
+    import nats
+
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().stream_info(f"KV_{bucket}-activations")
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
+async def archive_lag(nats_url: str, bucket: str, expected: int, timeout: float = 60.0) -> float | None:
+    """Seconds until the bucket holds ``expected`` records (``None``: not within ``timeout``)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if await archived_records(nats_url, bucket) >= expected:
+            return time.perf_counter() - start
+        await asyncio.sleep(0.05)
+    return None
 
 
 async def successes(nodes: list[RunningEngine], function: str) -> int:
@@ -131,10 +155,13 @@ def main() -> int:
                     nodes[0].deploy(write_function(scratch / "noop", NOOP), "noop")
                     asyncio.run(drain(nodes, "noop", 20 * n, 8))  # warm every node's instances up
                     result = asyncio.run(drain(nodes, "noop", calls, args.clients))
+                    result["archive_lag_s"] = asyncio.run(archive_lag(nats.url, f"bench{n}", 20 * n + calls))
                     figures["drain"].append(result)
+                    lag = "not within 60 s" if result["archive_lag_s"] is None else f"{result['archive_lag_s']:.2f} s later"
                     print(f"{n} node(s): {calls} async no-op calls drained at {result['completed_per_s']:.0f}/s "
                           f"({result['seconds']:.2f} s); accepted at {result['accepted_per_s']:.0f} 202/s "
-                          f"(p50 {result['accept_p50_ms']:.2f} ms, p99 {result['accept_p99_ms']:.2f} ms)", flush=True)  # fmt: skip
+                          f"(p50 {result['accept_p50_ms']:.2f} ms, p99 {result['accept_p99_ms']:.2f} ms); "
+                          f"every record in the shared archive {lag}", flush=True)  # fmt: skip
                     if n >= 2:
                         prop = propagation(nodes, scratch, 5 if args.quick else 20)
                         figures[f"propagation_{n}_nodes"] = prop

@@ -5,6 +5,9 @@ async calls spread over the nodes and survive ``kill -9`` of a node and a restar
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -26,6 +29,7 @@ pytestmark = pytest.mark.skipif(nats_unavailable() is not None, reason=f"cannot 
 #: Seconds without heartbeats before a lost node's calls go to another node (30 by default).
 ACK_WAIT = 2.0
 ECHO = "def handler(event, context):\n    return {'event': event, 'version': context.function_version, 'says': 'one'}\n"
+PRINTS = "def handler(event, context):\n    print('marker', event.get('n'))\n    return {'n': event.get('n')}\n"
 SLEEP = "import time\ndef handler(event, context):\n    time.sleep(event.get('s', 0.1))\n    return {'n': event.get('n')}\n"
 
 
@@ -127,6 +131,36 @@ def version_on(node: RunningEngine, name: str) -> str | None:
         return None
 
 
+def local_ids(node: RunningEngine, function: str, status: str) -> list[str]:
+    """Ids of the node's own records of ``function`` in ``status``: the calls it ran itself
+    (its API also shows the other nodes' records, from the shared archive)."""
+    db = sqlite3.connect(f"file:{node.data_dir / 'data' / 'activations.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT id FROM activations WHERE function = ? AND status = ?", (function, status)).fetchall()
+    finally:
+        db.close()
+    return [row[0] for row in rows]
+
+
+def local_record(node: RunningEngine, activation_id: str) -> dict[str, Any] | None:
+    """The node's own SQLite copy of a record (what it knew before the shared archive)."""
+    db = sqlite3.connect(f"file:{node.data_dir / 'data' / 'activations.db'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT status, result FROM activations WHERE id = ?", (activation_id,)).fetchone()
+    finally:
+        db.close()
+    return None if row is None else {"status": row[0], "result": row[1]}
+
+
+def archived(node: RunningEngine, activation_id: str) -> dict[str, Any] | None:
+    """The record as the node's API gives it (its own or the shared archive's), or ``None``."""
+    try:
+        return node.client.activation(activation_id)
+    except ApiError as exc:
+        assert exc.status == 404, exc
+        return None
+
+
 def test_a_function_deployed_on_one_node_is_served_by_every_node(cluster: Cluster, tmp_path: Path) -> None:
     a, b, c = cluster.nodes[:3]
     a.deploy(write_function(tmp_path / "echo", ECHO), "echo")
@@ -178,11 +212,83 @@ def test_async_calls_accepted_anywhere_spread_over_the_nodes(cluster: Cluster, t
     # Each node records the calls it ran: together they ran all, and more than one node took part.
     ran_by = {}
     for index, node in enumerate(nodes):
-        for record in node.client.activations("spread", limit=1000):
-            if record["status"] == "success":
-                ran_by[record["id"]] = index
+        for activation_id in local_ids(node, "spread", "success"):
+            ran_by[activation_id] = index
     assert set(ran_by) == set(ids)
+    # Every node's API shows every call, final, whoever ran it (the shared archive).
+    for node in nodes:
+        def final_on(node: RunningEngine = node) -> bool:
+            return {r["id"] for r in node.client.activations("spread", limit=1000) if r["status"] == "success"} == set(ids)
+
+        wait_for(final_on, 30, "every call final on every node")
     assert len(set(ran_by.values())) >= 2, f"all calls ran on one node: {set(ran_by.values())}"
+
+
+def test_a_call_run_on_one_node_is_read_on_every_node(cluster: Cluster, tmp_path: Path) -> None:
+    """Issue #10: activation records are shared: by id, in the function's list, in ``easyfaas logs``."""
+    a, b, c = cluster.nodes[:3]
+    a.deploy(write_function(tmp_path / "seen", PRINTS), "seen")
+    wait_for(lambda: version_on(c, "seen"), 30, "the function on node C")
+    response = a.client.invoke("seen", b'{"n": 7}')
+    assert response.status_code == 200 and response.json() == {"n": 7}
+    rid = response.headers["X-Easyfaas-Request-Id"]
+    assert local_record(c, rid) is None  # node C never ran it…
+    record = wait_for(lambda: archived(c, rid), 30, "the record on node C")  # …and reads it all the same
+    assert record["status"] == "success" and record["function"] == "seen" and json.loads(record["result"]) == {"n": 7}
+    assert "marker 7" in record["logs"]
+    assert rid in {r["id"] for r in c.client.activations("seen")}
+    assert rid in {r["id"] for r in b.client.activations()}
+    logs = subprocess.run([sys.executable, "-m", "easyfaas.cli", "logs", "seen"], env=c.env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert logs.returncode == 0 and f"--- {rid} success" in logs.stdout and "marker 7" in logs.stdout
+
+
+def test_an_async_call_run_elsewhere_reads_final_where_it_was_accepted(cluster: Cluster, tmp_path: Path) -> None:
+    """Accepted on node A, run on B or C: A reads the final record (status and result)."""
+    a, b, c = cluster.nodes[:3]
+    # One instance per node runs one async call at a time: the other nodes take their share.
+    a.deploy(write_function(tmp_path / "handoff", SLEEP, concurrency=1), "handoff")
+    wait_for(lambda: all(version_on(node, "handoff") for node in (b, c)), 30, "the function everywhere")
+    ids = [a.client.invoke_async("handoff", json.dumps({"n": i, "s": 0.3}).encode()) for i in range(12)]
+
+    def all_final() -> list[dict[str, Any]] | None:
+        records = [a.client.activation(i) for i in ids]
+        return records if all(r["status"] == "success" for r in records) else None
+
+    records = wait_for(all_final, 120, "every call final on node A")
+    assert [json.loads(r["result"]) for r in records] == [{"n": i} for i in range(12)]
+    # The calls node A did not run itself: its own copy still says queued, the API says done.
+    elsewhere = [i for i in ids if (local_record(a, i) or {}).get("status") != "success"]
+    assert elsewhere, "node A ran every call: the test proves nothing"
+    for i in elsewhere:
+        assert (local_record(a, i) or {})["status"] == "queued"
+        assert any((local_record(node, i) or {}).get("status") == "success" for node in (b, c))
+    listed = {r["id"]: r for r in a.client.activations("handoff", limit=100)}
+    assert set(listed) == set(ids) and all(r["status"] == "success" for r in listed.values())
+
+
+def test_a_record_written_while_nats_is_down_reaches_the_other_nodes_later(cluster: Cluster, tmp_path: Path) -> None:
+    """NATS away during the flush: the call succeeds, the node keeps its record, and the record
+    reaches the shared archive (and so the other nodes) once NATS is back."""
+    a, _, c = cluster.nodes[:3]
+    a.deploy(write_function(tmp_path / "outage", PRINTS), "outage")
+    wait_for(lambda: version_on(c, "outage"), 30, "the function on node C")
+    assert a.client.invoke("outage", b'{"n": 0}').status_code == 200  # warm: the next call needs no NATS
+    cluster.nats.stop()
+    try:
+        response = a.client.invoke("outage", b'{"n": 1}')
+        assert response.status_code == 200 and response.json() == {"n": 1}
+        rid = response.headers["X-Easyfaas-Request-Id"]
+        wait_for(lambda: local_record(a, rid), 30, "the record in node A's own store")
+        # Answered from node A's own records meanwhile.
+        assert a.client.activation(rid)["status"] == "success"
+        failed = "cannot write activation records to the shared archive"
+        wait_for(lambda: failed in a.log(), 60, "a failed write to the archive while NATS is down")
+    finally:
+        cluster.nats.log_path.write_bytes(b"")  # start() waits for a new "Server is ready"
+        cluster.nats.start()
+    record = wait_for(lambda: archived(c, rid), 90, "the record on node C after NATS came back")
+    assert record["status"] == "success" and json.loads(record["result"]) == {"n": 1}
 
 
 @pytest.mark.slow
@@ -199,7 +305,7 @@ def test_killing_a_node_mid_batch_loses_no_accepted_call(cluster: Cluster, tmp_p
             "batch", json.dumps({"n": i, "s": 0.1}).encode(), idempotency_key=f"batch-{i}"), range(n)))  # fmt: skip
     assert len(set(ids)) == n
     def running_on_victim() -> list[str]:
-        return [r["id"] for r in victim.client.activations("batch", limit=1000) if r["status"] == "running"]
+        return local_ids(victim, "batch", "running")
 
     running = wait_for(running_on_victim, 60, "the victim running calls of the batch")
     victim.kill()

@@ -341,7 +341,8 @@ def logs(ctx: click.Context, name: str, follow: bool, limit: int) -> None:
     import time
 
     def show(rows: list[dict[str, Any]]) -> None:
-        for row in sorted(rows, key=lambda r: r["seq"]):
+        # By start: rows from other nodes (the shared archive, issue #10) have no local seq.
+        for row in sorted(rows, key=lambda r: (r.get("start") or 0.0, r["seq"])):
             if ctx.obj["output"] == "json":
                 click.echo(json.dumps({k: row[k] for k in ("id", "status", "start", "duration_ms", "logs")}))
                 continue

@@ -10,7 +10,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "HANDLER_RE",
@@ -125,6 +125,9 @@ class FunctionSpec(BaseModel):
     public: bool = True
     async_: AsyncPolicy = Field(default_factory=AsyncPolicy, alias="async")
     schedules: list[Schedule] = Field(default_factory=list, max_length=32)
+    #: Streamed HTTP calls (issue #7): request and response bodies flow through in chunks, of
+    #: any size; only runtimes that can stream accept it (exec). docs/runtime-protocol.md.
+    streaming: bool = Field(False, description="stream HTTP request and response bodies (any size)")
 
     @field_validator("name")
     @classmethod
@@ -150,6 +153,12 @@ class FunctionSpec(BaseModel):
             if not key or "=" in key or "\0" in key:
                 raise ValueError(f"environment variable name {key!r} is invalid")
         return value
+
+    @model_validator(mode="after")
+    def _check_streaming(self) -> FunctionSpec:
+        if self.streaming and self.instance_concurrency != 1:
+            raise ValueError("a streaming function serves one call per instance: instance_concurrency must be 1")
+        return self
 
 
 @dataclass(frozen=True)

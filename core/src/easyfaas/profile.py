@@ -99,7 +99,14 @@ class ControllerSection(_Section):
     #: Idle instances are pinged this often; one that does not answer is replaced.
     health_interval: float = 10.0
     queue_size: int = Field(1000, ge=0)
+    #: When every instance of a function is busy and at its cap, a call may wait in the
+    #: runner's socket behind the running call instead of in the controller's queue — if the
+    #: function's calls take less than this (0 turns prefetch off). See scheduler.py.
+    prefetch_below: float = 0.001
     max_payload: int = 6 * 2**20
+    #: Cap on a streamed call's request body (``streaming: true`` functions, which
+    #: ``max_payload`` does not limit); 0: no cap.
+    max_stream_bytes: int = Field(0, ge=0)
     log_cap: int = 2**20
     #: Async calls (issue #6, docs/async.md): event size limit, calls running at once, how
     #: long an idempotency key is remembered.
@@ -109,12 +116,12 @@ class ControllerSection(_Section):
 
     _addr = field_validator("api")(classmethod(lambda cls, v: _check_address(v)))
 
-    @field_validator("keep_alive", "max_queue_wait", "health_interval", "idempotency_window", mode="before")
+    @field_validator("keep_alive", "max_queue_wait", "health_interval", "idempotency_window", "prefetch_below", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
 
-    @field_validator("max_payload", "log_cap", "async_max_payload", mode="before")
+    @field_validator("max_payload", "max_stream_bytes", "log_cap", "async_max_payload", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int:
         return parse_size(value)

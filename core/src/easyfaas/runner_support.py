@@ -25,11 +25,14 @@ import json
 import os
 import socket
 import sys
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: runners start faster without it
     from collections.abc import Callable
     from typing import Any
+
+    Frame = tuple[int, int, dict[str, Any], bytes]  # (kind, request id, meta, body), as recv_frame returns
 
 if TYPE_CHECKING or __name__ == "easyfaas.runner_support":  # in the engine, and for type checkers
     from easyfaas import wire
@@ -64,11 +67,26 @@ class Runner(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Called once, after serving has ended."""
 
+    def invoke_stream(self, conn: socket.socket, rid: int, meta: dict[str, Any], head: bytes) -> list[Frame]:
+        """Serve one streamed call (INVOKE_STREAM, then CHUNK frames; docs/runtime-protocol.md):
+        read its body's CHUNKs with ``self.frames.next()`` up to the empty one, send HEAD, CHUNKs
+        and RESULT or ERROR on ``conn``. Returns the frames of other calls read meanwhile, which
+        are served next.
+
+        By default streaming is refused with an ERROR: the call's CHUNKs are then ignored."""
+        conn.sendall(wire.encode(Kind.ERROR, rid, error("StreamingUnsupported", "this runtime does not stream bodies")))
+        return []
+
     def serve_connection(self, conn: socket.socket) -> None:
-        recv, encode = wire.recv_frame, wire.encode
+        #: This connection's frames, buffered: read every frame (a streamed call's CHUNKs
+        #: too) with ``self.frames.next()``, never from ``conn`` itself.
+        self.frames = wire.FrameReader(conn)
+        recv, encode = self.frames.next, wire.encode
         while not self.stop:
-            kind, rid, meta, body = recv(conn)
+            kind, rid, meta, body = recv()
             if kind == Kind.INVOKE:
+                if "timeout" in meta:  # a prefetched call: its time starts now
+                    meta["deadline"] = time.time() * 1000 + meta["timeout"]
                 out_kind, out_meta, out_body = self.invoke(meta, body)
                 conn.sendall(encode(out_kind, rid, out_meta, out_body))
             elif kind == Kind.LOAD:
@@ -76,6 +94,11 @@ class Runner(abc.ABC):
                 conn.sendall(encode(out_kind, rid, out_meta))
             elif kind == Kind.PING:
                 conn.sendall(encode(Kind.PONG, rid))
+            elif kind == Kind.CHUNK:
+                pass  # the body of a streamed call already answered (or refused): ignored
+            elif kind == Kind.INVOKE_STREAM:
+                backlog = self.invoke_stream(conn, rid, meta, body)
+                self.frames.backlog.extend(backlog)
             elif kind == Kind.SHUTDOWN:
                 self.stop = True
             else:

@@ -27,6 +27,7 @@ __all__ = [
     "HEADER",
     "MAX_FRAME",
     "FrameError",
+    "FrameReader",
     "Kind",
     "decode_header",
     "decode_meta",
@@ -52,6 +53,10 @@ class Kind:
     PING = 7
     PONG = 8
     SHUTDOWN = 9
+    # Streamed calls (docs/runtime-protocol.md, "Streamed calls"): bodies of any size, in chunks.
+    INVOKE_STREAM = 10  # meta: as INVOKE; body: the event without its body (JSON); CHUNK frames follow
+    CHUNK = 11  # both ways, same request id; body: a piece of the body; empty body: the end (meta: {abort})
+    HEAD = 12  # runner → engine, before a streamed reply's first CHUNK; meta: {status, headers}
 
 
 class FrameError(Exception):
@@ -107,6 +112,56 @@ def recv_frame(sock: socket.socket) -> tuple[int, int, dict[str, Any], bytes]:
     meta = decode_meta(_recv_exact(sock, meta_len))
     body = _recv_exact(sock, body_len)
     return kind, request_id, meta, body
+
+
+class FrameReader:
+    """Blocking, buffered reads of frames from one socket: one ``recv`` brings in as many
+    frames as have arrived (calls queued behind each other), instead of three per frame.
+
+    Once a socket has a reader, read it only through that reader (never ``recv_frame`` or
+    ``sock.recv``): it may already hold the bytes of the next frames. Frames put in
+    ``backlog`` (read ahead by a streamed call, say) come out first.
+    """
+
+    def __init__(self, sock: socket.socket, size: int = 65536) -> None:
+        self.sock = sock
+        self.size = size
+        self.backlog: list[tuple[int, int, dict[str, Any], bytes]] = []
+        self._buf = b""
+        self._pos = 0
+
+    def _fill(self, need: int) -> None:
+        """Make at least ``need`` unread bytes available."""
+        have = len(self._buf) - self._pos
+        parts = [self._buf[self._pos :]] if have else []
+        while have < need:
+            chunk = self.sock.recv(max(self.size, need - have))
+            if not chunk:
+                raise EOFError("peer closed the connection")
+            parts.append(chunk)
+            have += len(chunk)
+        self._buf = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._pos = 0
+
+    def next(self) -> tuple[int, int, dict[str, Any], bytes]:
+        """The next frame: (kind, request_id, meta, body). EOFError at end of stream."""
+        if self.backlog:
+            return self.backlog.pop(0)
+        if len(self._buf) - self._pos < HEADER.size:
+            self._fill(HEADER.size)
+        pos = self._pos
+        request_id, meta_len, body_len, kind = decode_header(self._buf[pos : pos + HEADER.size])
+        end = pos + HEADER.size + meta_len + body_len
+        if end > len(self._buf):
+            self._fill(end - pos)
+            pos = 0
+            end = HEADER.size + meta_len + body_len
+        buf = self._buf
+        start = pos + HEADER.size
+        meta = decode_meta(buf[start : start + meta_len]) if meta_len else {}
+        body = buf[start + meta_len : end]
+        self._pos = end
+        return kind, request_id, meta, body
 
 
 def send_frame(

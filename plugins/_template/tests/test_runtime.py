@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from easyfaas_runtime_NAME import NAMERuntime
 
 from easyfaas import wire
 from easyfaas.plugin.manager import Plugins
 from easyfaas.testing import RunningEngine
 from easyfaas.wire import Kind
-from easyfaas_runtime_NAME import NAMERuntime
 
 
 class Runner:

@@ -325,9 +325,11 @@ class Dispatcher:
             assert result is not None
             done = await self._notify(policy.on_success, call, fv, "Success", history, result=result)
             # Record first, then ack: a crash in between runs the call again (at least once)
-            # instead of leaving a finished call's record reading "running" forever.
+            # instead of leaving a finished call's record reading "running" forever. The record
+            # goes to the node's SQLite and, when there is one, to the shared archive (issue #10;
+            # best effort: while the archive fails it is kept and written later, and the ack goes on).
             self._store(call, "success", base=captured, attempts=history, **done)
-            await self.controller.activations.flush()
+            await self.controller.activations.flush(archive=True)
             await self.queue.ack(call)
             return
         retry_at = time.time() + backoff_delay(policy, n)

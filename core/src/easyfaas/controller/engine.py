@@ -12,11 +12,12 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
@@ -27,7 +28,8 @@ from easyfaas.controller.dispatcher import Dispatcher, start_dispatcher
 from easyfaas.controller.funclet_client import FuncletClient
 from easyfaas.controller.instance import STATES
 from easyfaas.controller.registry import FunctionRegistry
-from easyfaas.controller.scheduler import Scheduler
+from easyfaas.controller.scheduler import CallNotStarted, Scheduler
+from easyfaas.controller.streaming import StreamCall
 from easyfaas.errors import (
     EasyFaaSError,
     FuncletUnavailableError,
@@ -38,7 +40,7 @@ from easyfaas.errors import (
     PlatformError,
     UnauthorizedError,
 )
-from easyfaas.interfaces import LATEST, CodeStore, InvocationResult, Runtime, Trigger
+from easyfaas.interfaces import LATEST, CodeStore, InvocationResult, Runtime, StreamedInvocation, Trigger
 from easyfaas.models import FunctionSpec, FunctionVersion, Schedule
 from easyfaas.packaging import PackageLimits, unpack
 from easyfaas.plugin.manager import Plugins
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: How much of a result an activation record keeps.
 RESULT_CAP = 64 * 1024
+#: How often a prefetched call whose instance died before starting it is scheduled again.
+_NOT_STARTED_RETRIES = 3
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -69,8 +73,18 @@ class _InstanceCollector(Collector):
         for pool in self.scheduler.pools.values():
             if pool.waiters:
                 queue.add_metric([pool.fv.name], len(pool.waiters))
+        prefetched: dict[str, int] = {}
+        for pool in self.scheduler.pools.values():
+            if pool.prefetched:
+                prefetched[pool.fv.name] = prefetched.get(pool.fv.name, 0) + pool.prefetched
+        calls = CounterMetricFamily(
+            "easyfaas_prefetched_calls", "Calls sent to a busy instance to run after its current call", labels=["function"]
+        )
+        for function, n in sorted(prefetched.items()):
+            calls.add_metric([function], n)
         yield gauge
         yield queue
+        yield calls
 
 
 class Controller:
@@ -81,6 +95,7 @@ class Controller:
         self.plugins = plugins or Plugins()
         cfg = profile.model.controller
         self.max_payload = cfg.max_payload
+        self.max_stream_bytes = cfg.max_stream_bytes  # issue #7: streamed bodies (0: no cap)
         self.log_cap = cfg.log_cap
         self.data_dir = profile.data_dir
         self.limits = PackageLimits()
@@ -96,6 +111,8 @@ class Controller:
             keep_alive=cfg.keep_alive,
             queue_size=cfg.queue_size,
             max_queue_wait=cfg.max_queue_wait,
+            prefetch_below_ms=cfg.prefetch_below * 1000,
+            is_serial=lambda fv: getattr(self.runtimes.get(fv.spec.runtime), "SERIAL", False),
         )
         self.metrics = CollectorRegistry()
         self._calls = Counter("easyfaas_calls", "Calls by function and status", ["function", "status"], registry=self.metrics)
@@ -148,7 +165,8 @@ class Controller:
         self.registry = FunctionRegistry(self.store)
         await self.registry.load()
         self._tasks.append(asyncio.create_task(self.registry.follow(), name="registry-follow"))  # issue #10: other nodes' deploys
-        self.activations = ActivationStore(self.data_dir / "activations.db")
+        # issue #10: a shared store may also keep every node's records (CodeStore.activation_archive)
+        self.activations = ActivationStore(self.data_dir / "activations.db", archive=self.store.activation_archive())
         self.activations.start()
         self.dispatcher = await start_dispatcher(self)  # async calls: queue plugin + workers (issue #6)
         self._tasks.append(asyncio.create_task(self._watch_funclet(), name="funclet-events"))
@@ -249,6 +267,45 @@ class Controller:
 
     # -- end of issue #6 -----------------------------------------------------------------------
 
+    # issue #7: streamed calls (controller/streaming.py, docs/runtime-protocol.md) -------------
+
+    def streaming(self, function: str) -> bool:
+        fv = self.registry.peek(function)
+        return fv is not None and fv.spec.streaming
+
+    async def invoke_stream(
+        self,
+        function: str,
+        event: Any,
+        body: AsyncIterable[bytes],
+        *,
+        trigger: str = "",
+        request_id: str | None = None,
+    ) -> StreamedInvocation:
+        """A call whose request and reply bodies stream through in chunks (``streaming: true``);
+        the slot, limits, timeout and activation record are those of ``invoke``."""
+        if not self.accepting:
+            raise PlatformError("the engine is shutting down")
+        fv = await self.registry.resolve(function)
+        if not fv.spec.streaming:
+            raise PlatformError(f"function {function!r} does not stream (its spec has no 'streaming: true')")
+        self._inflight += 1
+        call = StreamCall(self, fv, trigger=trigger, request_id=request_id, on_done=self._stream_done)
+        await call.start(event, body)
+        return call
+
+    def _stream_done(self) -> None:
+        self._inflight -= 1
+        if not self._inflight and not self.accepting:
+            self._drained.set()
+
+    @staticmethod
+    def _check_streaming(spec: FunctionSpec, runtime: Runtime) -> None:
+        if spec.streaming and not runtime.STREAMING:
+            raise FunctionSpecError(f"runtime {spec.runtime!r} cannot stream bodies: 'streaming: true' needs e.g. the exec runtime")
+
+    # -- end of issue #7 -----------------------------------------------------------------------
+
     async def function_exists(self, function: str) -> bool:
         try:
             await self.registry.resolve(function)
@@ -279,14 +336,19 @@ class Controller:
         init_ms: float | None = None
         inst = None
         try:
-            inst, init_ms = await self.scheduler.acquire(fv, rid)
-            t1 = time.perf_counter()
-            try:
-                kind, meta, out = await self.scheduler.call(
-                    inst, {"rid": rid, "deadline": (time.time() + timeout) * 1000, "log_cap": self.log_cap}, body, timeout
-                )
-            finally:
-                self.scheduler.release(inst)
+            for attempt in range(_NOT_STARTED_RETRIES + 1):
+                inst, init_ms = await self.scheduler.acquire(fv, rid)
+                t1 = time.perf_counter()
+                try:
+                    kind, meta, out = await self.scheduler.call(
+                        inst, {"rid": rid, "deadline": (time.time() + timeout) * 1000, "log_cap": self.log_cap}, body, timeout
+                    )
+                    break
+                except CallNotStarted as exc:  # prefetched behind a call that killed its instance
+                    if attempt == _NOT_STARTED_RETRIES:
+                        raise exc.cause from None
+                finally:
+                    self.scheduler.release(inst)
         except InvocationError as exc:
             exc.request_id = rid
             t2 = time.perf_counter()
@@ -298,6 +360,7 @@ class Controller:
             if not self._inflight and not self.accepting:
                 self._drained.set()
         t2 = time.perf_counter()
+        assert inst is not None  # the loop above either got a reply from an instance or raised
         logs = meta.get("logs", "")
         if init_ms is not None and inst.init_logs:
             logs = inst.init_logs + logs
@@ -358,6 +421,7 @@ class Controller:
             code_dir.mkdir()
             await asyncio.to_thread(unpack, archive, code_dir, self.limits)
             runtime.check_code(code_dir, spec.handler)
+            self._check_streaming(spec, runtime)  # issue #7
             for trigger in self.triggers.values():  # issue #6: e.g. the cron trigger parses schedules
                 trigger.check_spec(spec)
             await self._check_load(spec, code_dir)
@@ -395,6 +459,7 @@ class Controller:
             raise FunctionSpecError(f"runtime {spec.runtime!r} is not enabled")
         code_dir = Path(fv.code_dir)
         runtime.check_code(code_dir, spec.handler)
+        self._check_streaming(spec, runtime)  # issue #7
         for trigger in self.triggers.values():  # issue #6: e.g. the cron trigger parses schedules
             trigger.check_spec(spec)
         if (spec.handler, spec.runtime, spec.env) != (fv.spec.handler, fv.spec.runtime, fv.spec.env):

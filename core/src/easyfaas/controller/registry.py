@@ -94,6 +94,10 @@ class FunctionRegistry:
     def exists(self, name: str) -> bool:
         return name in self._latest
 
+    def peek(self, name: str) -> FunctionVersion | None:
+        """The latest version this node knows of, without I/O (``None`` if none yet)."""
+        return self._latest.get(name)
+
     def is_current(self, fv: FunctionVersion) -> bool:
         """Whether new calls may still reach ``fv``: it is the latest, or an alias points at it."""
         latest = self._latest.get(fv.name)

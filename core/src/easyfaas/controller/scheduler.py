@@ -1,8 +1,20 @@
 """The scheduler: which instance runs a call, cold starts, queueing, timeouts, scale to zero.
 
-Per function version (never shared across versions): take a warm instance with a free
-slot; else cold-start one if under the function's ``concurrency``; else wait in a bounded
-queue for a slot, up to ``max_queue_wait``; else ``ThrottledError`` (429).
+Per function version (never shared across versions): take the first warm instance with a
+free slot; else cold-start one if under the function's ``concurrency``; else wait in a
+bounded queue for a slot, up to ``max_queue_wait``; else ``ThrottledError`` (429).
+
+An instance has ``instance_concurrency`` slots, except under *prefetch*: for a function with
+``instance_concurrency`` 1 on a serial runtime (``Runtime.SERIAL``), an instance whose
+calls take less than ``controller.prefetch_below`` gets more slots, about that threshold
+divided by its call time (at most 1 + ``MAX_PREFETCH``). The extra calls wait in the runner's
+socket behind the running one, which then finds its next call there instead of sleeping and
+being woken for each: for calls of tens of microseconds the wake-up costs more than the call.
+It never runs two calls at once. Taking the *first* instance with a free slot packs short
+calls onto few instances; the others stay idle and retire at their keep-alive.
+A prefetched call's timeout starts when the call ahead of it is answered (the runner is told
+with the ``timeout`` meta); if the instance dies before that, the call never started and is
+scheduled again.
 """
 
 from __future__ import annotations
@@ -30,14 +42,27 @@ from easyfaas.errors import (
 from easyfaas.models import FunctionVersion, SandboxEvent
 from easyfaas.wire import Kind
 
-__all__ = ["FunctionPool", "Scheduler"]
+__all__ = ["CallNotStarted", "FunctionPool", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
+#: Extra calls a prefetching instance may hold behind its running one.
+MAX_PREFETCH = 16
+#: The runner's own time per call beyond the handler's (ms), for sizing prefetch.
+RUNNER_MS = 0.05
 #: After a connection drops, how long to wait for the funclet to say why (exit code, OOM).
 DEATH_GRACE = 0.5
 #: How long a cold start waits for a restarting funclet before giving up.
 FUNCLET_WAIT = 15.0
+
+
+class CallNotStarted(Exception):
+    """A prefetched call's instance died before the call ahead of it was answered: the call
+    never started and may run elsewhere. ``cause`` is what ended the instance."""
+
+    def __init__(self, cause: InvocationError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _expire_waiter(future: asyncio.Future[Instance]) -> None:
@@ -51,6 +76,9 @@ class FunctionPool:
     instances: list[Instance] = field(default_factory=list)
     waiters: deque[asyncio.Future[Instance]] = field(default_factory=deque)
     starting: int = 0
+    #: Calls may be prefetched onto busy instances (see the module's docstring).
+    prefetch: bool = False
+    prefetched: int = 0
     cold_starts: int = 0
     throttled: int = 0
 
@@ -66,12 +94,16 @@ class Scheduler:
         keep_alive: float = 120.0,
         queue_size: int = 1000,
         max_queue_wait: float = 10.0,
+        prefetch_below_ms: float = 0.0,
+        is_serial: Callable[[FunctionVersion], bool] | None = None,
     ) -> None:
         self.funclet = funclet
         self.is_current = is_current
         self.keep_alive = keep_alive
         self.queue_size = queue_size
         self.max_queue_wait = max_queue_wait
+        self.prefetch_below_ms = prefetch_below_ms
+        self.is_serial = is_serial
         self.pools: dict[str, FunctionPool] = {}
         self.by_sandbox: dict[str, Instance] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -84,16 +116,23 @@ class Scheduler:
         pool = self.pools.get(fv.key)
         if pool is None:
             pool = self.pools[fv.key] = FunctionPool(fv)
+            pool.prefetch = (
+                self.prefetch_below_ms > 0
+                and fv.spec.instance_concurrency == 1
+                and self.is_serial is not None
+                and self.is_serial(fv)
+            )
         return pool
 
     async def acquire(self, fv: FunctionVersion, request_id: str = "") -> tuple[Instance, float | None]:
         """A slot on an instance of ``fv``, and the init time if this call cold-started it."""
         pool = self.pool(fv)
-        limit = fv.spec.instance_concurrency
         for inst in pool.instances:
-            if inst.inflight < limit and (inst.state == "idle" or inst.state == "busy"):
+            if inst.inflight < inst.slots and (inst.state == "idle" or inst.state == "busy"):
                 inst.inflight += 1
                 inst.state = "busy"
+                if inst.inflight > inst.fv.spec.instance_concurrency:
+                    pool.prefetched += 1
                 return inst, None
         if len(pool.instances) + pool.starting < fv.spec.concurrency:
             inst = await self._cold_start(pool, request_id)
@@ -148,6 +187,9 @@ class Scheduler:
             pool.starting -= 1
         inst.state = "busy"
         inst.inflight = 1
+        inst.slots = fv.spec.instance_concurrency
+        if pool.prefetch:
+            inst.prefetch_ms = self.prefetch_below_ms
         pool.instances.append(inst)
         pool.cold_starts += 1
         self.by_sandbox[inst.id] = inst
@@ -184,12 +226,14 @@ class Scheduler:
         """Give free slots (or new instances, if under the cap) to queued callers."""
         limit = pool.fv.spec.instance_concurrency
         for inst in pool.instances:
-            while pool.waiters and inst.usable and inst.inflight < limit:
+            while pool.waiters and inst.usable and inst.inflight < inst.slots:
                 waiter = pool.waiters.popleft()
                 if waiter.done():
                     continue
                 inst.inflight += 1
                 inst.state = "busy"
+                if inst.inflight > limit:
+                    pool.prefetched += 1
                 waiter.set_result(inst)
         while pool.waiters and len(pool.instances) + pool.starting < pool.fv.spec.concurrency:
             waiter = pool.waiters.popleft()
@@ -211,13 +255,47 @@ class Scheduler:
     # -- calls ---------------------------------------------------------------------------
 
     async def call(self, inst: Instance, meta: dict[str, Any], body: bytes, timeout: float) -> Reply:
-        """Send one INVOKE to ``inst``; kill the instance if it outlives ``timeout``."""
-        future = inst.send(Kind.INVOKE, meta, body)
+        """Send one INVOKE to ``inst``; kill the instance if it outlives ``timeout``.
+
+        Raises ``CallNotStarted`` for a prefetched call whose instance died before starting it.
+        """
+        ahead = inst.last_invoke
+        if ahead is not None and inst.prefetch_ms and not ahead.done():
+            return await self._call_behind(inst, ahead, meta, body, timeout)
+        future = inst.last_invoke = inst.send(Kind.INVOKE, meta, body)
         handle = asyncio.get_running_loop().call_later(timeout, self._expire, inst, future, timeout)
         try:
-            return await future
+            reply = await future
         finally:
             handle.cancel()
+        _note_call_ms(inst, reply)
+        return reply
+
+    async def _call_behind(
+        self, inst: Instance, ahead: asyncio.Future[Reply], meta: dict[str, Any], body: bytes, timeout: float
+    ) -> Reply:
+        """A prefetched call: sent now, it starts (and its timeout with it) when ``ahead`` is answered."""
+        meta["timeout"] = timeout * 1000
+        future = inst.last_invoke = inst.send(Kind.INVOKE, meta, body)
+        loop = asyncio.get_running_loop()
+        handles: list[asyncio.TimerHandle] = []
+
+        def start(done: asyncio.Future[Reply]) -> None:
+            if not future.done() and not done.cancelled() and done.exception() is None:
+                handles.append(loop.call_later(timeout, self._expire, inst, future, timeout))
+
+        ahead.add_done_callback(start)
+        try:
+            reply = await future
+        except InvocationError as exc:
+            if ahead.cancelled() or ahead.exception() is not None:
+                raise CallNotStarted(exc) from exc  # the runner never reached this call
+            raise
+        finally:
+            for handle in handles:
+                handle.cancel()
+        _note_call_ms(inst, reply)
+        return reply
 
     def _expire(self, inst: Instance, future: asyncio.Future[Reply], timeout: float) -> None:
         if future.done():
@@ -285,7 +363,9 @@ class Scheduler:
     async def ping_idle(self, *, older_than: float = 10.0, timeout: float = 2.0) -> int:
         """PING instances idle for ``older_than`` seconds; replace those that do not answer."""
         now = time.monotonic()
-        idle = [i for i in self.instances() if i.state == "idle" and i.inflight == 0 and now - i.last_pinged >= older_than]
+        idle = [
+            i for i in self.instances() if i.state == "idle" and i.inflight == 0 and now - i.last_pinged >= older_than
+        ]
         if not idle:
             return 0
 
@@ -379,3 +459,12 @@ class Scheduler:
             self.retire(inst)
         if self._background:
             await asyncio.wait(list(self._background), timeout=10)
+
+
+def _note_call_ms(inst: Instance, reply: Reply) -> None:
+    """Keep a moving average of the handler time the runner reports (``ms``); size prefetch by it."""
+    ms = reply[1].get("ms")
+    if ms is not None:
+        ms = inst.call_ms = ms if inst.call_ms is None else inst.call_ms * 0.75 + ms * 0.25
+        if inst.prefetch_ms:
+            inst.slots = 1 + min(MAX_PREFETCH, int(inst.prefetch_ms / (ms + RUNNER_MS)))

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 #: How long a runner may take to import a handler before warm-up gives up.
 LOAD_TIMEOUT = 60.0
+#: How long after a warm-up the pool's refill starts. Creating a sandbox takes tens of ms of CPU
+#: (forks, mounts, an interpreter warming up) and its first, synchronous part runs on the
+#: funclet's loop: started at once, it delays the WarmUp reply and then competes for the CPUs
+#: with the controller's first call to the new instance. An empty pool refills at once.
+REFILL_DELAY = 0.02
 
 
 @dataclass
@@ -43,6 +48,7 @@ class _Pool:
     ready: asyncio.Queue[SandboxInfo] = field(default_factory=asyncio.Queue)
     creating: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    refill_timer: asyncio.TimerHandle | None = None
 
 
 class SandboxManager:
@@ -64,6 +70,10 @@ class SandboxManager:
             self._tasks.append(asyncio.create_task(self._refill(name, pool), name=f"pool-{name}"))
 
     async def stop(self) -> None:
+        for pool in self._pools.values():
+            if pool.refill_timer is not None:
+                pool.refill_timer.cancel()
+                pool.refill_timer = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -98,6 +108,21 @@ class SandboxManager:
             pool.wake.clear()
             await pool.wake.wait()
 
+    def _refill_soon(self, pool: _Pool) -> None:
+        """Wake ``pool``'s refill after ``REFILL_DELAY`` (at once if it is empty); never postponed further."""
+        if pool.ready.empty():
+            if pool.refill_timer is not None:
+                pool.refill_timer.cancel()
+                pool.refill_timer = None
+            pool.wake.set()
+        elif pool.refill_timer is None:
+            pool.refill_timer = asyncio.get_running_loop().call_later(REFILL_DELAY, self._wake_pool, pool)
+
+    @staticmethod
+    def _wake_pool(pool: _Pool) -> None:
+        pool.refill_timer = None
+        pool.wake.set()
+
     async def create(self, runtime: str) -> SandboxInfo:
         rt = self._runtime(runtime)
         info = await self.driver.create(rt)
@@ -131,8 +156,9 @@ class SandboxManager:
         try:
             return await self._bind(info, from_pool, spec, started, handler=handler, function=function, version=version)
         finally:
-            # Refill only now: creating a sandbox competes for the CPU with this cold start.
-            self._pools[runtime].wake.set()
+            # Refill only after the reply and the first call: creating a sandbox competes for the
+            # CPUs with this cold start.
+            self._refill_soon(self._pools[runtime])
 
     async def _bind(
         self, info: SandboxInfo, from_pool: bool, spec: WarmupSpec, started: float, *, handler: str, function: str, version: str

@@ -35,6 +35,15 @@ class Runtime(ABC):
     """
 
     PLUGIN_NAME: ClassVar[str]
+    #: True when the runner serves INVOKEs one at a time, in the order they were sent, and
+    #: honours an INVOKE's ``timeout`` meta (its deadline counts from when the runner starts
+    #: the call) — as every runner built on ``easyfaas.runner_support`` does. The controller
+    #: may then send the next call to a busy instance before the current one is answered
+    #: (prefetch, docs/runtime-protocol.md), saving the runner a wake-up per call.
+    SERIAL: ClassVar[bool] = False
+    #: True when the runner serves streamed calls (INVOKE_STREAM, docs/runtime-protocol.md):
+    #: only then may a function of this runtime be deployed with ``streaming: true``.
+    STREAMING: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -81,6 +90,7 @@ class ChildProcessRuntime(Runtime):
 
     RUNNER: ClassVar[Path]
     RUNNER_MODULE: ClassVar[str]
+    SERIAL = True  # runner_support.Runner serves one call at a time
     DEFAULT_HOST_PATHS: ClassVar[tuple[str, ...]] = ("/bin", "/usr/bin", "/usr/local/bin")
 
     def __init__(self, *, host_paths: list[str] | None = None, **options: Any) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from easyfaas.models import Alias, FunctionSpec, FunctionVersion
+
+if TYPE_CHECKING:
+    from easyfaas.interfaces.activations import ActivationArchive
 
 __all__ = ["LATEST", "CodeStore"]
 
@@ -84,6 +87,16 @@ class CodeStore(ABC):
         """
         return
         yield  # an async generator that yields nothing
+
+    def activation_archive(self) -> ActivationArchive | None:
+        """A store of activation records shared with the other nodes of this store (optional).
+
+        A networked store may offer one (``easyfaas.interfaces.ActivationArchive``) so that
+        every node's management API sees every node's calls; the controller asks once at
+        start. The default, for a store only this node uses, is ``None``: records stay in the
+        node's own SQLite. The archive lives until the store's ``close``.
+        """
+        return None
 
     async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release resources; called once at shutdown."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from easyfaas.models import FunctionSpec, Schedule
 
-__all__ = ["InvocationResult", "Invoker", "Trigger"]
+__all__ = ["InvocationResult", "Invoker", "StreamedInvocation", "Trigger"]
 
 
 @dataclass
@@ -27,8 +28,53 @@ class InvocationResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class StreamedInvocation(Protocol):
+    """A streamed call that has started answering (``Invoker.invoke_stream``).
+
+    ``status`` and ``headers`` are the reply's head. Iterating yields the reply's body in
+    chunks as the function writes it; the iteration raises an ``InvocationError`` if the
+    call fails after its head (the caller has then seen part of a reply and must learn that
+    it is incomplete, e.g. by an aborted HTTP response). ``result`` is set once the
+    iteration ended normally. ``aclose()`` must be called in every case: a call still
+    running is then stopped (its remaining request body is not sent) and its output dropped.
+    """
+
+    request_id: str
+    status: int
+    headers: dict[str, str]
+    result: InvocationResult | None
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Invoker(Protocol):
     """The controller's call entry point, handed to triggers in ``Trigger.start``."""
+
+    def streaming(self, function: str) -> bool:
+        """Whether the function's latest version streams bodies (``streaming: true`` in its
+        spec): a trigger then calls ``invoke_stream`` instead of ``invoke``. Cheap: no I/O."""
+        ...
+
+    async def invoke_stream(
+        self,
+        function: str,
+        event: Any,
+        body: AsyncIterable[bytes],
+        *,
+        trigger: str = "",
+        request_id: str | None = None,
+    ) -> StreamedInvocation:
+        """Start one streamed call and return once it answers with its head.
+
+        ``event`` describes the request without its body (a payload-2.0 event without
+        ``body``); ``body`` yields the request body in chunks, read as fast as the function
+        consumes it (``controller.max_payload`` does not apply, ``max_stream_bytes`` does).
+        Raises ``FunctionNotFoundError`` or an ``InvocationError`` subclass when the call
+        fails before answering (throttled, timeout, the process exits non-zero at once, …).
+        """
+        ...
 
     async def invoke(
         self,

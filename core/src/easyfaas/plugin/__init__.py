@@ -22,7 +22,9 @@ plugin's profile section as keyword arguments. Lifecycle hooks (``easyfaas_after
 ``easyfaas_instance_event``, ...) may be implemented in the same module; every hook is listed
 with its signature in ``easyfaas.plugin.hookspecs`` and ``docs/plugin-hooks.md``.
 A plugin imports only ``easyfaas.plugin``, ``easyfaas.interfaces``, ``easyfaas.models`` and
-``easyfaas.errors``: never another plugin.
+``easyfaas.errors``: never another plugin. Code that several plugins need and core must not
+carry (it would pull their dependencies into core) goes into a support library under
+``libs/`` that each of them declares as a dependency, e.g. ``easyfaas-nats``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import easyfaas.runner_support
 import easyfaas.wire
 from easyfaas.interfaces import Runtime
 
@@ -24,10 +25,17 @@ class NAMERuntime(Runtime):
     accept some from the profile (``runtimes: {NAME: {...}}``)."""
 
     PLUGIN_NAME = "NAME"  # must equal the entry point's name in pyproject.toml
+    # The runner is runner_support's one-call-at-a-time loop: the controller may prefetch.
+    # A runner that serves calls concurrently must leave this False (docs/runtime-protocol.md).
+    SERIAL = True
 
     def runner_files(self) -> dict[str, Path]:
-        # The runner imports the wire module by file name: it runs without easyfaas installed.
-        return {"runner.py": _RUNNER, "easyfaas_wire.py": Path(easyfaas.wire.__file__)}
+        # The runner imports these modules by file name: it runs without easyfaas installed.
+        return {
+            "runner.py": _RUNNER,
+            "easyfaas_runner_support.py": Path(easyfaas.runner_support.__file__),
+            "easyfaas_wire.py": Path(easyfaas.wire.__file__),
+        }
 
     def runner_command(self, runner_dir: str, socket_path: str) -> list[str]:
         # -I -S: no site-packages and no PYTHON* variables, so functions see only the stdlib.

@@ -27,7 +27,7 @@ from nats.js.kv import KeyValue
 
 from easyfaas.errors import PayloadTooLargeError, PlatformError
 from easyfaas.interfaces import AsyncQueue, QueuedCall
-from easyfaas_queue_nats._nats import REQUEST_TIMEOUT, connect, nats_errors, scan
+from easyfaas_nats import REQUEST_TIMEOUT, connect, nats_errors, scan
 
 __all__ = ["NatsQueue"]
 

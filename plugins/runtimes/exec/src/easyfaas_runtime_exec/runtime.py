@@ -51,6 +51,7 @@ class ExecRuntime(ChildProcessRuntime):
     """
 
     PLUGIN_NAME = "exec"
+    STREAMING = True  # streaming: true functions get their HTTP bodies in chunks, of any size
 
     RUNNER = _RUNNER
     RUNNER_MODULE = "easyfaas_exec_runner"

@@ -27,6 +27,7 @@ class PythonRuntime(Runtime):
     """
 
     PLUGIN_NAME = "python"
+    SERIAL = True  # the runner is runner_support's one-call-at-a-time loop
 
     def __init__(self, *, interpreter: str | None = None, **options: Any) -> None:
         super().__init__(**options)

@@ -61,6 +61,7 @@ class _Sandbox:
     error: str = ""
     exit_status: int | None = None
     destroying: bool = False
+    preparing: asyncio.Future[None] | None = None
     code_bound: bool = False
     function_key: str = ""
     memory_mb: int = 0
@@ -494,15 +495,15 @@ class NamespaceSandbox(SandboxDriver):
         self._sandboxes[sid] = sb
         try:
             try:
-                os.mkdir(sb.sock_dir, 0o700)
-                os.chown(sb.sock_dir, self.uid, self.gid)
-                os.mkdir(sb.code_mount, 0o755)
-                tree.create(sid)
-                tree.set_memory(sid, sb.memory_mb * _MiB)
-                tree.set_pids(sid, sb.pids_max)
-                tree.set_cpu(sid, sb.cpu_share)
+                # Off the event loop: a millisecond or more of filesystem and cgroup writes, which
+                # would delay a warm-up served meanwhile (the pool refills while cold starts run).
+                # Shielded: a teardown waits for it, so it never races the thread's mkdirs.
+                sb.preparing = asyncio.ensure_future(asyncio.to_thread(self._prepare, tree, sb))
+                await asyncio.shield(sb.preparing)
             except OSError as exc:
                 raise SandboxError(f"sandbox {sid}: cannot prepare its directories and cgroups: {exc}") from exc
+            if sb.destroying:
+                raise SandboxError(f"sandbox {sid} was destroyed while it was being created")
             status_r, status_w = os.pipe2(os.O_CLOEXEC)
             sb.status_fd = status_r
             os.set_blocking(status_r, False)
@@ -555,6 +556,16 @@ class NamespaceSandbox(SandboxDriver):
                 log.warning("namespace sandbox: %s", exc)
             raise
         return SandboxInfo(id=sid, runtime=sb.runtime, socket_path=sb.socket_path, pid=sb.runner_pid)
+
+    def _prepare(self, tree: _cgroups.CgroupTree, sb: _Sandbox) -> None:
+        """A new sandbox's directories and cgroups, with the generic limits."""
+        os.mkdir(sb.sock_dir, 0o700)
+        os.chown(sb.sock_dir, self.uid, self.gid)
+        os.mkdir(sb.code_mount, 0o755)
+        tree.create(sb.id)
+        tree.set_memory(sb.id, sb.memory_mb * _MiB)
+        tree.set_pids(sb.id, sb.pids_max)
+        tree.set_cpu(sb.id, sb.cpu_share)
 
     async def warmup(self, sandbox_id: str, spec: WarmupSpec) -> str:
         tree = self._check_running()
@@ -708,6 +719,10 @@ class NamespaceSandbox(SandboxDriver):
         async with sb.lock:
             problems = []
             loop = asyncio.get_running_loop()
+            if sb.preparing is not None:
+                await asyncio.wait([sb.preparing])  # its directories and cgroups exist, or never will
+                if not sb.preparing.cancelled():
+                    sb.preparing.exception()  # retrieved: create() reports it, if still there to
             if sb.pidfd < 0 and self._tree is not None:
                 # Torn down before the zygote's answer (stop during create): whatever already
                 # joined the cgroups is killed by pid, there is no pidfd to use yet.

@@ -30,10 +30,11 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from easyfaas.errors import FunctionNotFoundError, PlatformError
-from easyfaas.interfaces import LATEST, CodeStore
+from easyfaas.interfaces import LATEST, ActivationArchive, CodeStore
 from easyfaas.models import NAME_RE, Alias, FunctionSpec, FunctionVersion
 from easyfaas.packaging import unpack
-from easyfaas_storage_nats._nats import REQUEST_TIMEOUT, connect, nats_errors, next_update, scan, stop_watcher
+from easyfaas_nats import REQUEST_TIMEOUT, connect, nats_errors, next_update, scan, stop_watcher
+from easyfaas_storage_nats.archive import NatsActivationArchive
 
 __all__ = ["NatsStore"]
 
@@ -46,13 +47,19 @@ _BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DOWNLOADS = 8
 #: A full resynchronisation of ``watch`` this often, in case an update was missed anyway.
 RESYNC_INTERVAL = 300.0
+#: How long activation records are kept in ``<bucket>-activations`` by default: 7 days.
+ACTIVATION_TTL = 7 * 86400.0
+#: Room for headers and framing within the server's ``max_payload``.
+_ENVELOPE = 1024
 
 
 class NatsStore(CodeStore):
     """Options: ``servers`` — NATS URLs (default ``["nats://127.0.0.1:4222"]``); ``bucket`` —
     prefix of the bucket names (``<bucket>-functions``, ``<bucket>-code``; default
     ``easyfaas``); ``replicas`` — JetStream replicas of both (1 to 5; 3 in a cluster);
-    ``connect_wait`` — seconds to keep trying the first connection (default 60).
+    ``connect_wait`` — seconds to keep trying the first connection (default 60);
+    ``activation_ttl`` — seconds every node's activation records are kept in the shared
+    bucket ``<bucket>-activations`` (default 7 days; at least 1).
 
     Keys of the ``<bucket>-functions`` bucket: ``fn.<name>.latest`` (the newest version
     number), ``fn.<name>.v.<n>`` (version n: spec, code digest, creation time; never
@@ -67,7 +74,7 @@ class NatsStore(CodeStore):
 
     def __init__(
         self, *, data_dir: Path, servers: list[str] | str | None = None, bucket: str = "easyfaas", replicas: int = 1,
-        connect_wait: float = 60.0,
+        connect_wait: float = 60.0, activation_ttl: float = ACTIVATION_TTL,
     ) -> None:  # fmt: skip
         super().__init__(data_dir=data_dir)
         if servers is None:
@@ -79,9 +86,13 @@ class NatsStore(CodeStore):
             raise ValueError(f"bucket must be 1-64 letters, digits, '-' or '_', not {bucket!r}")
         if not 1 <= replicas <= 5:
             raise ValueError(f"replicas must be between 1 and 5, not {replicas}")
+        if isinstance(activation_ttl, bool) or not isinstance(activation_ttl, int | float) or not activation_ttl >= 1:
+            raise ValueError(f"activation_ttl must be a number of seconds, at least 1, not {activation_ttl!r}")
         self.bucket = bucket
         self.replicas = replicas
         self.connect_wait = connect_wait
+        self.activation_ttl = float(activation_ttl)
+        self._activations: tuple[KeyValue, int] | None = None
         self.cache_dir = data_dir / "nats-code"
         self._nc: Client | None = None
         self._kv: KeyValue | None = None
@@ -110,6 +121,33 @@ class NatsStore(CodeStore):
                         self._obj = await _object_store(js, f"{self.bucket}-code", self.replicas)
                         self._kv = await _kv_bucket(js, f"{self.bucket}-functions", self.replicas)
         return self._kv, self._obj
+
+    def activation_archive(self) -> ActivationArchive:
+        """Every node's activation records in ``<bucket>-activations``, kept ``activation_ttl``."""
+        return NatsActivationArchive(self._open_activations)
+
+    async def _open_activations(self) -> tuple[KeyValue, int]:
+        """The activation bucket (created with its TTL, or given the configured one) and the
+        largest value it takes: the server's ``max_payload`` or the bucket's own cap."""
+        if self._activations is None:
+            await self._open()
+            async with self._open_lock:
+                if self._activations is None:
+                    assert self._nc is not None
+                    js = self._nc.jetstream(timeout=REQUEST_TIMEOUT)
+                    name = f"{self.bucket}-activations"
+                    with nats_errors("opening the activation bucket"):
+                        kv = await _kv_bucket(js, name, self.replicas, ttl=self.activation_ttl)
+                        config = (await kv.status()).stream_info.config
+                        if abs((config.max_age or 0.0) - self.activation_ttl) > 0.001:
+                            log.info("activation bucket %s: TTL %s -> %s s", name, config.max_age, self.activation_ttl)
+                            config.max_age = self.activation_ttl
+                            await js.update_stream(config)
+                    limit = self._nc.max_payload - _ENVELOPE
+                    if config.max_msg_size and config.max_msg_size > 0:
+                        limit = min(limit, config.max_msg_size - _ENVELOPE)
+                    self._activations = (kv, limit)
+        return self._activations
 
     async def _on_reconnect(self) -> None:
         # The server may have restarted and dropped the watcher's consumer: start over.
@@ -394,11 +432,13 @@ class NatsStore(CodeStore):
         self._versions = {key: fv for key, fv in self._versions.items() if key[0] != name}
 
 
-async def _kv_bucket(js: JetStreamContext, bucket: str, replicas: int) -> KeyValue:
+async def _kv_bucket(js: JetStreamContext, bucket: str, replicas: int, *, ttl: float | None = None) -> KeyValue:
     try:
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
-        config = KeyValueConfig(bucket=bucket, history=1, replicas=replicas, storage=StorageType.FILE, direct=True)
+        config = KeyValueConfig(
+            bucket=bucket, history=1, ttl=ttl, replicas=replicas, storage=StorageType.FILE, direct=True
+        )
         return await js.create_key_value(config)
 
 

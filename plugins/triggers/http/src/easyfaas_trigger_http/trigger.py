@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
+from collections.abc import Callable
+from os import urandom
 from typing import Any
-from uuid import uuid4
 
 from aiohttp import web
 
@@ -19,7 +21,13 @@ from easyfaas.interfaces import InvocationResult, Invoker, Trigger
 
 __all__ = ["HttpTrigger", "build_event", "build_response"]
 
+log = logging.getLogger(__name__)
+
 REQUEST_ID_HEADER = "X-Easyfaas-Request-Id"
+#: Request body bytes read from the socket at a time for a streaming function.
+STREAM_CHUNK = 64 * 1024
+#: Headers of a streamed reply that the server sets itself.
+_HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript", "application/x-www-form-urlencoded")
 
 
@@ -112,6 +120,19 @@ def _shaped_response(value: dict[str, Any], headers: dict[str, str]) -> web.Resp
     return response
 
 
+def _failure(exc: EasyFaaSError, rid: str) -> web.Response:
+    """The error response for a call that failed before answering."""
+    if isinstance(exc, FunctionNotFoundError):
+        return _error(404, "FunctionNotFound", str(exc), {REQUEST_ID_HEADER: rid})
+    if isinstance(exc, ThrottledError):
+        return _error(429, exc.error_type, exc.message, {REQUEST_ID_HEADER: rid, "Retry-After": str(exc.retry_after)})
+    if isinstance(exc, InvocationError):
+        details = exc.to_dict()
+        extra = {k: v for k, v in details.items() if k not in ("errorType", "errorMessage", "logs")}
+        return _error(exc.http_status, str(details["errorType"]), exc.message, {REQUEST_ID_HEADER: rid}, extra)
+    return _error(500, "PlatformError", str(exc), {REQUEST_ID_HEADER: rid})
+
+
 def _error(
     http_status: int, error_type: str, message: str, headers: dict[str, str], extra: dict[str, Any] | None = None
 ) -> web.Response:
@@ -132,9 +153,11 @@ class HttpTrigger(Trigger):
         self.max_body = max_body
         self._runner: web.AppRunner | None = None
         self._invoker: Invoker | None = None
+        self._streaming: Callable[[str], bool] | None = None
 
     async def start(self, invoker: Invoker) -> None:
         self._invoker = invoker
+        self._streaming = getattr(invoker, "streaming", None)  # issue #7; an invoker may not stream
         app = web.Application(client_max_size=self.max_body)
         app.router.add_route("*", "/function/{name}", self._handle)
         app.router.add_route("*", "/function/{name}/{path:.*}", self._handle)
@@ -157,27 +180,58 @@ class HttpTrigger(Trigger):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return {"url": f"http://{host}:{self.port}/function/"}
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         assert self._invoker is not None
         name = request.match_info["name"]
         path = "/" + request.match_info.get("path", "")
+        if self._streaming is not None and self._streaming(name):
+            return await self._handle_stream(request, name, path)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _error(413, "PayloadTooLarge", f"the request body is over {self.max_body} bytes", {})
-        rid = request.headers.get(REQUEST_ID_HEADER) or uuid4().hex
+        rid = request.headers.get(REQUEST_ID_HEADER) or urandom(16).hex()  # as unique as uuid4().hex, a third of the cost
         event = build_event(request, path, body, rid)
         try:
             await self._invoker.authorize(name, request.headers.get("Authorization"))
             result = await self._invoker.invoke(name, event, trigger="http", request_id=rid)
-        except FunctionNotFoundError as exc:
-            return _error(404, "FunctionNotFound", str(exc), {REQUEST_ID_HEADER: rid})
-        except ThrottledError as exc:
-            return _error(429, exc.error_type, exc.message, {REQUEST_ID_HEADER: rid, "Retry-After": str(exc.retry_after)})
-        except InvocationError as exc:
-            details = exc.to_dict()
-            extra = {k: v for k, v in details.items() if k not in ("errorType", "errorMessage", "logs")}
-            return _error(exc.http_status, str(details["errorType"]), exc.message, {REQUEST_ID_HEADER: rid}, extra)
         except EasyFaaSError as exc:
-            return _error(500, "PlatformError", str(exc), {REQUEST_ID_HEADER: rid})
+            return _failure(exc, rid)
         return build_response(result)
+
+    async def _handle_stream(self, request: web.Request, name: str, path: str) -> web.StreamResponse:
+        """A ``streaming: true`` function (issue #7): the request body goes from the socket to
+        the function chunk by chunk, and its reply comes back chunked, as fast as each side
+        takes it; nothing holds a whole body. A call that fails before its first byte of
+        reply gets the usual error response; after it, the connection is cut so the client
+        sees an incomplete reply (no terminating chunk), and the activation record says why."""
+        assert self._invoker is not None
+        rid = request.headers.get(REQUEST_ID_HEADER) or urandom(16).hex()  # as unique as uuid4().hex, a third of the cost
+        event = build_event(request, path, b"", rid)
+        try:
+            await self._invoker.authorize(name, request.headers.get("Authorization"))
+            call = await self._invoker.invoke_stream(
+                name, event, request.content.iter_chunked(STREAM_CHUNK), trigger="http", request_id=rid
+            )
+        except EasyFaaSError as exc:
+            return _failure(exc, rid)
+        headers = {k: v for k, v in call.headers.items() if k.lower() not in _HOP_HEADERS}
+        headers[REQUEST_ID_HEADER] = rid
+        response = web.StreamResponse(status=call.status, headers=headers)
+        if request.version >= (1, 1):
+            response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            async for chunk in call:
+                await response.write(chunk)
+        except InvocationError as exc:
+            log.info("streamed call %s of %s failed after its reply began: %s", rid, name, exc.message)
+            if request.transport is not None:
+                request.transport.abort()  # no terminating chunk: the client sees the reply is cut
+            return response
+        except ConnectionError:  # the client went away
+            return response
+        finally:
+            await call.aclose()
+        await response.write_eof()
+        return response

@@ -13,16 +13,19 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: runners start faster without it
+    import socket
     from typing import Any
 
     from easyfaas import runner_child as child  # the same files, as the type checker finds them
     from easyfaas import runner_support as support
+    from easyfaas.runner_support import Frame
 else:  # found through the sys.path line above
     import easyfaas_runner_child as child
     import easyfaas_runner_support as support
@@ -132,6 +135,76 @@ def run(argv: list[str], cwd: str, env: dict[str, str], stdin: bytes, timeout: f
     return proc.wait(), b"".join(out), err
 
 
+def exit_message(handler: str, code: int, lines: list[str]) -> str:
+    """``handler exited with status N: <last stderr line>``, or ``… was killed by signal N (NAME)``."""
+    if code < 0:
+        message = f"{handler} was killed by signal {-code} ({_signal_name(-code)})"
+    else:
+        message = f"{handler} exited with status {code}"
+    return message + ": " + lines[-1] if lines else message
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a streamed call's process and everything it started (its own process group:
+    the other programs of a pipeline must not finish the job on a cut-off input)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        proc.kill()
+
+
+class StreamBody(threading.Thread):
+    """A streamed call's request body: its CHUNK frames, read from the connection and written
+    to the process's stdin as they come, up to the empty CHUNK that ends them.
+
+    Writes block: a process that reads slowly stops this thread, which stops reading the
+    socket, which makes the engine wait (backpressure, never a buffer). Once the process has
+    closed its stdin the rest of the body is read and dropped. Frames of other calls that
+    arrive meanwhile are kept in ``backlog``, to be served after this call."""
+
+    def __init__(self, frames: support.wire.FrameReader, rid: int, proc: subprocess.Popen[bytes]) -> None:
+        super().__init__(name="stream-body", daemon=True)
+        #: Where the CHUNKs come from: the runner's buffered reader of the connection.
+        self.frames, self.rid, self.proc = frames, rid, proc
+        self.backlog: list[Frame] = []
+        self.aborted = False
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        fd = stdin.fileno()
+        is_open = True
+        try:
+            while True:
+                frame = self.frames.next()  # the runner's buffered reader: it may hold these CHUNKs already
+                kind, rid, meta, body = frame
+                if kind != Kind.CHUNK or rid != self.rid:
+                    if kind != Kind.CHUNK:  # a chunk of an older call is dropped, anything else served later
+                        self.backlog.append(frame)
+                    continue
+                if not body:
+                    if meta.get("abort"):  # the caller went away before sending the whole body
+                        self.aborted = True
+                        kill_group(self.proc)
+                    return
+                if not is_open:
+                    continue
+                view = memoryview(body)
+                try:
+                    while view:
+                        view = view[os.write(fd, view) :]
+                except OSError:  # EPIPE: the process closed its stdin, it wants no more input
+                    is_open = False
+                    stdin.close()
+        except BaseException as exc:
+            self.failure = exc
+            kill_group(self.proc)
+        finally:
+            if is_open:
+                stdin.close()
+
+
 class Runner(support.Runner):
     def __init__(self) -> None:
         super().__init__()
@@ -183,12 +256,7 @@ class Runner(support.Runner):
         reply = child.reply_meta(started, logs, err.dropped)
         if code != 0:
             lines = [line for line in logs.split("\n") if line.strip()]  # not splitlines(): U+2028 is no line end here
-            if code < 0:
-                message = f"{self.function['handler']} was killed by signal {-code} ({_signal_name(-code)})"
-            else:
-                message = f"{self.function['handler']} exited with status {code}"
-            if lines:
-                message += ": " + lines[-1]
+            message = exit_message(self.function["handler"], code, lines)
             return Kind.ERROR, {**reply, "type": "Runtime.ExitError", "message": message, "stack": lines[-STACK_LINES:]}, b""
         if http:
             return Kind.RESULT, reply, support.dumps(self.http_response(out, content_type)).encode()
@@ -209,6 +277,107 @@ class Runner(support.Runner):
                     "body": base64.b64encode(out).decode(), "isBase64Encoded": True}  # fmt: skip
         return {"statusCode": 200, "headers": {"Content-Type": content_type or "text/plain; charset=utf-8"},
                 "body": text, "isBase64Encoded": False}  # fmt: skip
+
+
+    # -- streamed calls (docs/runtime-protocol.md, "Streamed calls") ----------------------------
+
+    def invoke_stream(self, conn: socket.socket, rid: int, meta: dict[str, Any], head: bytes) -> list[Frame]:
+        """One process per call, its stdin fed from the request's CHUNKs by a thread while this
+        one sends its stdout back as CHUNKs and a third keeps the first ``log_cap`` bytes of its
+        stderr. Nothing holds more than one chunk of a body; every write blocks until the other
+        side has room. HEAD goes out with the first byte of output (or at a clean exit without
+        any), so a process that fails before printing anything is an ERROR the caller sees as such."""
+        send, encode = conn.sendall, support.wire.encode
+        if self.function is None:
+            send(encode(Kind.ERROR, rid, _error("NotLoaded", "no function is loaded")))
+            return []
+        handler = str(self.function["handler"])
+        started = time.perf_counter()
+        env = dict(os.environ)
+        env["EASYFAAS_REQUEST_ID"] = str(meta.get("rid", ""))
+        env["EASYFAAS_DEADLINE_MS"] = str(int(float(meta.get("deadline") or 0)))
+        event = child.decode_event(head)
+        content_type = ""
+        if child.is_http_event(event):
+            _, http_env, content_type = http_request(event)
+            env.update(http_env)
+        # The watchdog's rule, minus sniffing (a stream cannot be looked at in advance).
+        content_type = os.environ.get("content_type") or content_type or "application/octet-stream"  # noqa: SIM112
+        try:
+            proc = subprocess.Popen(
+                [self.executable], cwd=os.getcwd(), env=env, bufsize=0, start_new_session=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )  # fmt: skip
+        except OSError as exc:
+            send(encode(Kind.ERROR, rid, _error("Runtime.ExecError", f"cannot run {handler!r}: {exc}")))
+            return []
+        assert proc.stdout is not None and proc.stderr is not None
+        body = StreamBody(self.frames, rid, proc)
+        body.start()
+        err = Capped(int(meta.get("log_cap", LOG_CAP)))
+        stderr = threading.Thread(target=_drain, args=(proc.stderr.fileno(), err.add), name="stderr", daemon=True)
+        stderr.start()
+        timed_out: list[bool] = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            kill_group(proc)
+
+        timer = threading.Timer(child.call_timeout(meta), expire)
+        timer.daemon = True
+        timer.start()
+        headed = False
+        broken: BaseException | None = None
+        try:
+            out = proc.stdout.fileno()
+            while True:
+                data = os.read(out, _CHUNK)
+                if not data:
+                    break
+                if body.aborted:  # cut off: what it still printed is not the answer
+                    continue
+                if not headed:
+                    send(encode(Kind.HEAD, rid, {"status": 200, "headers": {"Content-Type": content_type}}))
+                    headed = True
+                send(encode(Kind.CHUNK, rid, None, data))
+        except OSError as exc:  # the engine is gone: stop the process, then let serve() see it
+            broken = exc
+            kill_group(proc)
+        code = proc.wait()
+        timer.cancel()
+        stderr.join()
+        proc.stdout.close()
+        proc.stderr.close()
+        if broken is None and body.failure is None:
+            logs = err.text()
+            reply = child.reply_meta(started, logs, err.dropped)
+            if code == 0 and not body.aborted:
+                if not headed:
+                    send(encode(Kind.HEAD, rid, {"status": 200, "headers": {"Content-Type": content_type}}))
+                send(encode(Kind.RESULT, rid, reply))
+            else:
+                lines = [line for line in logs.split("\n") if line.strip()]
+                if body.aborted:
+                    message, error_type = f"{handler} was stopped: the request body was cut off", "Runtime.Aborted"
+                elif timed_out:
+                    message, error_type = f"{handler} was killed: the call timed out", "Runtime.Timeout"
+                else:
+                    message, error_type = exit_message(handler, code, lines), "Runtime.ExitError"
+                send(encode(Kind.ERROR, rid, {**reply, "type": error_type, "message": message, "stack": lines[-STACK_LINES:]}))
+        body.join()  # it ends with the body's last CHUNK (or with the connection)
+        failure = broken or body.failure
+        if failure is not None:
+            raise failure
+        return body.backlog
+
+
+def _drain(fd: int, sink: Any) -> None:
+    """Read ``fd`` to its end into ``sink``."""
+    while True:
+        data = os.read(fd, _CHUNK)
+        if not data:
+            return
+        sink(data)
 
 
 def serve(socket_path: str) -> None:

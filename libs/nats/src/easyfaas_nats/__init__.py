@@ -1,5 +1,11 @@
-"""Connecting to NATS (retried at start, reconnecting for ever) and reading key-value buckets,
-with NATS failures re-raised as ``PlatformError``. A copy of the code store's: plugins never share code."""
+"""What the NATS plugins share (``easyfaas-storage-nats``, ``easyfaas-queue-nats``): connecting
+to NATS (retried at start, reconnecting for ever) and reading key-value buckets, with NATS
+failures re-raised as ``PlatformError``.
+
+A support library, not a plugin: it registers nothing, and depends only on core's public
+surface (``easyfaas.errors``) and nats-py. Plugins never import each other; both depend on
+this distribution instead (``libs/nats``).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from easyfaas.errors import PlatformError
 
-__all__ = ["connect", "nats_errors", "next_update", "scan", "stop_watcher"]
+__all__ = ["REQUEST_TIMEOUT", "connect", "nats_errors", "next_update", "scan", "stop_watcher"]
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +76,10 @@ def nats_errors(what: str) -> Iterator[None]:
         raise PlatformError(f"NATS: {what} failed: {type(exc).__name__}: {exc}") from exc
 
 
-async def scan(kv: KeyValue, keys: str) -> list[KeyValue.Entry]:
-    """The current value of every key matching ``keys`` (a subject filter, e.g. ``fn.*.latest``)."""
-    watcher = await kv.watch(keys)
+async def scan(kv: KeyValue, keys: str, *, meta_only: bool = False) -> list[KeyValue.Entry]:
+    """The current value of every key matching ``keys`` (a subject filter, e.g. ``fn.*.latest``);
+    with ``meta_only``, the keys and revisions without their values (cheap for big values)."""
+    watcher = await kv.watch(keys, meta_only=meta_only)
     found: list[KeyValue.Entry] = []
     try:
         async with asyncio.timeout(REQUEST_TIMEOUT * 3):
