@@ -31,6 +31,7 @@ SUITES = [
     ("runtimes", 120, 50),
     ("scheduling", 90, 50),
     ("async_calls", 120, 50),
+    ("scale_out", 90, 50),
 ]
 #: The suites that also measure the docker sandbox (a container takes ~0.5 s to create: the
 #: others would not fit in the budget with it). Each runs a lean variant for docker.
@@ -133,7 +134,7 @@ def main() -> None:
         if args.quick:
             # Smoke only: three suites at a time keeps the whole run around a minute.
             order = ["memory", "cold_starts", "warm_calls", "runtimes", "scale", "scheduling", "async_calls",
-                     "control_plane"]  # longest first  # fmt: skip
+                     "scale_out", "control_plane"]  # longest first  # fmt: skip
             with ThreadPoolExecutor(3) as ex:
                 list(ex.map(lambda s: run_one(s[0], s[2]), sorted(suites, key=lambda s: order.index(s[0]))))
         else:

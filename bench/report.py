@@ -490,6 +490,36 @@ def async_calls(s: dict[str, Any]) -> list[str]:
     return out
 
 
+def scale_out(s: dict[str, Any]) -> list[str]:
+    out = ["## 10. Scale-out on NATS JetStream (issue #10): drain rate by node count, deploy propagation", ""]
+    out += _errors(s)
+    for sb, why in (s.get("skipped") or {}).items():
+        out += [f"Not measured ({sb}): {why}", ""]
+    r = (s.get("sandboxes") or {}).get("process")
+    if not r or "error" in r:
+        return out
+    base = r.get("baseline_sqlite") or {}
+    out += [f"{r.get('calls')} async no-op calls accepted round-robin over the nodes by {r.get('clients')} keep-alive clients, then",
+            "drained by every node (`storage`/`queue: nats`, the shared activation archive on; process sandbox). All nodes",
+            "and NATS share this VM's 2 cores, so more nodes cannot add capacity here: the figures show what the shared queue",
+            "costs. Baseline, same run: one node on the default SQLite queue. *archive lag*: from the last run until the",
+            "activations bucket holds every call's record. Logic: `bench/bench_nats.py`.", "",
+            "| nodes | queue | drained (runs/s) | ÷ SQLite node | accepted (202/s) | accept p50 / p99 ms | archive lag s |",
+            "|---|---|---|---|---|---|---|",
+            f"| 1 | SQLite (baseline) | {_num(base.get('completed_per_s'))} | 1× | {_num(base.get('accepted_per_s'))} | "
+            f"{_num(base.get('accept_p50_ms'))} / {_num(base.get('accept_p99_ms'))} | — |"]  # fmt: skip
+    for d in r.get("drain") or []:
+        out.append(f"| {d.get('nodes')} | NATS | {_num(d.get('completed_per_s'))} | **{_num(d.get('vs_sqlite'))}×** | "
+                   f"{_num(d.get('accepted_per_s'))} | {_num(d.get('accept_p50_ms'))} / {_num(d.get('accept_p99_ms'))} | "
+                   f"{_num(d.get('archive_lag_s'))} |")  # fmt: skip
+    out += ["", "A deploy on node 1 until every other node's registry names the new version (target: within 1 s):", "",
+            "| nodes | deploys | p50 ms | max ms |", "|---|---|---|---|"]  # fmt: skip
+    for n, p in sorted((r.get("propagation") or {}).items()):
+        out.append(f"| {n} | {p.get('rounds')} | {_num(p.get('p50_ms'))} | {_num(p.get('max_ms'))} |")
+    out.append("")
+    return out
+
+
 def render(results: dict[str, Any]) -> str:
     meta = results.get("meta", {})
     m = meta.get("machine", {})
@@ -514,6 +544,8 @@ def render(results: dict[str, Any]) -> str:
         body += scheduling(suites["scheduling"])
     if "async_calls" in suites:
         body += async_calls(suites["async_calls"])
+    if "scale_out" in suites:
+        body += scale_out(suites["scale_out"])
     durations = ", ".join(f"{k} {v:.0f} s" for k, v in (meta.get("durations_s") or {}).items())
     head = [
         "# easyfaas benchmark results"

@@ -30,7 +30,6 @@ any 5xx. The accepted rate is set beside the function's capacity N / sleep.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
@@ -75,22 +74,29 @@ class BareRunner:
         self.sock_path = str(base / "bare.sock")
         self.proc = subprocess.Popen(runtime.runner_command(str(runner_dir), self.sock_path),
                                      env={"PATH": "/usr/bin:/bin"}, cwd=str(base))  # fmt: skip
-        deadline = time.monotonic() + 10
-        while not os.path.exists(self.sock_path):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the bare runner did not start listening")
-            time.sleep(0.005)
         load = {"code_dir": str(code), "handler": "handler.handler", "function": "bare", "version": "1",
                 "memory_mb": 128, "env": {}}  # fmt: skip
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(self.sock_path)
+        with self._connect() as s:
             wire.send_frame(s, wire.Kind.LOAD, 0, load)
             kind, _, meta, _ = wire.recv_frame(s)
             if kind != wire.Kind.LOADED:
                 raise RuntimeError(f"bare runner LOAD failed: {meta}")
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(self.sock_path)
+        self.sock = self._connect()
         self.rid = 0
+
+    def _connect(self) -> socket.socket:
+        """A connection to the runner, once it listens (the socket file appears at bind, before listen)."""
+        deadline = time.monotonic() + 10
+        while True:
+            sock = socket.socket(socket.AF_UNIX)
+            try:
+                sock.connect(self.sock_path)
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the bare runner did not start listening") from None
+                time.sleep(0.005)
 
     def invoke(self) -> tuple[float, float]:
         """One call: (client round trip ms, the RESULT frame's ``ms``)."""

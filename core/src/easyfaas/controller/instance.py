@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -60,8 +61,12 @@ class Instance(asyncio.Protocol):
     init_logs: str = ""
     destroying: bool = False
     last_pinged: float = field(default_factory=time.monotonic)
-    #: The last INVOKE sent; a prefetched call starts when it is answered (scheduler.py).
+    #: The last INVOKE sent; a call sent before it is answered is prefetched (scheduler.py).
     last_invoke: asyncio.Future[Reply] | None = None
+    #: The call whose timeout is running, and the prefetched ones in line behind it, in the
+    #: order sent: ``[future, timeout, timer or None]`` (scheduler.py).
+    running: asyncio.Future[Reply] | None = None
+    in_line: deque[list[Any]] = field(default_factory=deque)
     #: Handler time of recent calls (ms, moving average); None before the first call.
     call_ms: float | None = None
     #: Calls it may hold: instance_concurrency, more under prefetch (scheduler.py).

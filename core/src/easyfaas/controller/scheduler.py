@@ -119,6 +119,7 @@ class Scheduler:
             pool.prefetch = (
                 self.prefetch_below_ms > 0
                 and fv.spec.instance_concurrency == 1
+                and not fv.spec.streaming  # a streamed call may last long: nothing waits behind it
                 and self.is_serial is not None
                 and self.is_serial(fv)
             )
@@ -262,40 +263,53 @@ class Scheduler:
         ahead = inst.last_invoke
         if ahead is not None and inst.prefetch_ms and not ahead.done():
             return await self._call_behind(inst, ahead, meta, body, timeout)
-        future = inst.last_invoke = inst.send(Kind.INVOKE, meta, body)
+        future = inst.last_invoke = inst.running = inst.send(Kind.INVOKE, meta, body)
         handle = asyncio.get_running_loop().call_later(timeout, self._expire, inst, future, timeout)
         try:
             reply = await future
         finally:
             handle.cancel()
+            if inst.in_line:
+                self.start_next(inst)
         _note_call_ms(inst, reply)
         return reply
 
     async def _call_behind(
         self, inst: Instance, ahead: asyncio.Future[Reply], meta: dict[str, Any], body: bytes, timeout: float
     ) -> Reply:
-        """A prefetched call: sent now, it starts (and its timeout with it) when ``ahead`` is answered."""
+        """A prefetched call: sent now, in line behind ``ahead``; it starts (and its timeout with
+        it) when the call running before it ends (``start_next``)."""
         meta["timeout"] = timeout * 1000
         future = inst.last_invoke = inst.send(Kind.INVOKE, meta, body)
-        loop = asyncio.get_running_loop()
-        handles: list[asyncio.TimerHandle] = []
-
-        def start(done: asyncio.Future[Reply]) -> None:
-            if not future.done() and not done.cancelled() and done.exception() is None:
-                handles.append(loop.call_later(timeout, self._expire, inst, future, timeout))
-
-        ahead.add_done_callback(start)
+        entry: list[Any] = [future, timeout, None]  # the timer, once started
+        inst.in_line.append(entry)
         try:
             reply = await future
         except InvocationError as exc:
-            if ahead.cancelled() or ahead.exception() is not None:
+            if entry[2] is None and (ahead.cancelled() or ahead.exception() is not None):
                 raise CallNotStarted(exc) from exc  # the runner never reached this call
             raise
         finally:
-            for handle in handles:
-                handle.cancel()
+            if entry[2] is not None:
+                entry[2].cancel()
+            if inst.in_line:
+                self.start_next(inst)
         _note_call_ms(inst, reply)
         return reply
+
+    def start_next(self, inst: Instance) -> None:
+        """A call on ``inst`` ended: unless one is running, the first unanswered call in line
+        is (the runner serves them in order), so its timeout starts now."""
+        running = inst.running
+        if running is not None and not running.done():
+            return  # a call answered in the same batch as the one before it already did this
+        line = inst.in_line
+        while line:
+            future, timeout, _ = entry = line.popleft()
+            if not future.done():
+                entry[2] = asyncio.get_running_loop().call_later(timeout, self._expire, inst, future, timeout)
+                inst.running = future
+                return
 
     def _expire(self, inst: Instance, future: asyncio.Future[Reply], timeout: float) -> None:
         if future.done():

@@ -120,7 +120,7 @@ class StreamCall:
         head = event if isinstance(event, bytes) else dumps(event)
         self._frame_rid, end = inst.send_stream(meta, head, self)
         self._end = end
-        inst.last_invoke = end  # a call prefetched behind this one starts when it ends (scheduler.py)
+        inst.last_invoke = inst.running = end  # a call prefetched behind this one starts when it ends (scheduler.py)
         end.add_done_callback(self._on_end)
         self._timer = asyncio.get_running_loop().call_later(timeout, self._expire, timeout)
         self._pump_task = asyncio.create_task(self._pump(body), name=f"stream-body-{self.request_id}")
@@ -322,6 +322,8 @@ class StreamCall:
         finally:
             if self._timer is not None:
                 self._timer.cancel()
+            if inst.in_line:
+                self._ctl.scheduler.start_next(inst)
             self._ctl.scheduler.release(inst)
             t2 = time.perf_counter()
             error = self._end_error()

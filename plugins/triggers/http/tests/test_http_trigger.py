@@ -108,6 +108,14 @@ async def test_unknown_function_is_404(trigger) -> None:  # type: ignore[no-unty
     assert response.status_code == 404 and response.json()["error"]["errorType"] == "FunctionNotFound"
 
 
+@pytest.mark.parametrize("path", ["/", "/functions/f", "/function/", "/function"])
+async def test_paths_outside_function_routes_are_404(trigger, path: str) -> None:  # type: ignore[no-untyped-def]
+    client, invoker = trigger
+    response = await client.get(path)
+    assert response.status_code == 404 and response.json()["error"]["errorType"] == "NotFound"
+    assert invoker.calls == []
+
+
 async def test_body_over_the_limit_is_413(trigger) -> None:  # type: ignore[no-untyped-def]
     client, invoker = trigger
     response = await client.post("/function/f", content=b"x" * 5000)
