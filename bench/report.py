@@ -77,7 +77,7 @@ def warm(s: dict[str, Any], t: Targets) -> list[str]:
     out = ["## 1. Warm calls (HTTP trigger → Python hello)", ""]
     out += _errors(s)
     out += [
-        "`wrk -t2 -cN -d10s --latency` (c1 runs `-t1`: wrk needs connections ≥ threads). The baseline is",
+        "`wrk -t2 -cN -d8s --latency` (c1 runs `-t1`: wrk needs connections ≥ threads). The baseline is",
         "`bench/baseline_hop.py` (aiohttp+uvloop front → one unix connection → one uvloop worker, `!II` frames),",
         "measured seconds before the engine at each N. *hello* is examples/hello as shipped (concurrency 10,",
         "instance_concurrency 1); *hello-mux* is the same code shaped like the baseline (1 instance,",

@@ -6,7 +6,7 @@ instance_concurrency 64: one multiplexed connection to one worker). The baseline
 (bench/baseline_hop.py) runs at the same time and is measured right before the engine at
 each connection count, so every ratio compares two figures taken a few seconds apart.
 
-* ``wrk -t2 -cN -d10s --latency`` at N = 1, 16, 64 (c1 runs with -t1: wrk needs c >= t):
+* ``wrk -t2 -cN -d8s --latency`` at N = 1, 16, 64 (c1 runs with -t1: wrk needs c >= t):
   Requests/sec, 50 %, 99 %; CPU µs per request of the serving processes at c64.
 * 1,000 sequential warm calls with a raw keep-alive socket client (and with httpx): p50/p99.
 
@@ -133,7 +133,7 @@ def instance_pids(eng: Any) -> list[int]:
 
 
 def run_sandbox(sandbox: str, quick: bool, base: Server) -> dict[str, Any]:
-    duration = 1 if quick else 10
+    duration = 1 if quick else 8
     # docker: c1 and the sequential calls only (bench/run's 10-minute budget); the hop from the
     # controller to a runner in a container is the same unix socket as in the other sandboxes.
     docker = sandbox == "docker"

@@ -123,7 +123,7 @@ class FrameReader:
     ``backlog`` (read ahead by a streamed call, say) come out first.
     """
 
-    def __init__(self, sock: socket.socket, size: int = 65536) -> None:
+    def __init__(self, sock: socket.socket, size: int = 4096) -> None:
         self.sock = sock
         self.size = size
         self.backlog: list[tuple[int, int, dict[str, Any], bytes]] = []
