@@ -22,21 +22,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from async_calls import CLIENTS, bounded
 from bench_nats import NOOP, archive_lag, drain, propagation, start_nodes
 from common import emit, engine, log, machine, parser
 
 from easyfaas.testing import write_function
 from easyfaas.testing.nats import NatsServer, nats_unavailable
-
-CLIENTS = 32
-DRAIN_TIMEOUT = 90.0
-
-
-def bounded(coro: Any) -> Any:
-    async def run() -> Any:
-        return await asyncio.wait_for(coro, DRAIN_TIMEOUT)
-
-    return asyncio.run(run())
 
 
 def measure(quick: bool) -> dict[str, Any]:

@@ -290,11 +290,12 @@ class Controller:
         if not fv.spec.streaming:
             raise PlatformError(f"function {function!r} does not stream (its spec has no 'streaming: true')")
         self._inflight += 1
-        call = StreamCall(self, fv, trigger=trigger, request_id=request_id, on_done=self._stream_done)
+        call = StreamCall(self, fv, trigger=trigger, request_id=request_id, on_done=self._call_done)
         await call.start(event, body)
         return call
 
-    def _stream_done(self) -> None:
+    def _call_done(self) -> None:
+        """A call (plain or streamed) ended: once the last one has, a stopping engine is drained."""
         self._inflight -= 1
         if not self._inflight and not self.accepting:
             self._drained.set()
@@ -356,9 +357,7 @@ class Controller:
                          str(exc.details.get("logs", "")))  # fmt: skip
             raise
         finally:
-            self._inflight -= 1
-            if not self._inflight and not self.accepting:
-                self._drained.set()
+            self._call_done()
         t2 = time.perf_counter()
         assert inst is not None  # the loop above either got a reply from an instance or raised
         logs = meta.get("logs", "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterator
 
 import nats
@@ -22,12 +23,28 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from easyfaas.errors import PlatformError
 
-__all__ = ["REQUEST_TIMEOUT", "connect", "nats_errors", "next_update", "scan", "stop_watcher"]
+__all__ = ["REQUEST_TIMEOUT", "check_options", "connect", "nats_errors", "next_update", "scan", "stop_watcher"]
 
 log = logging.getLogger(__name__)
 
 #: Longest wait for one answer of the server before a ``PlatformError``.
 REQUEST_TIMEOUT = 10.0
+
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_options(servers: list[str] | str | None, bucket: str, replicas: int) -> list[str]:
+    """The plugins' common options, checked (``ValueError`` naming the option); the server list."""
+    if servers is None:
+        servers = ["nats://127.0.0.1:4222"]
+    servers = [servers] if isinstance(servers, str) else list(servers)
+    if not servers or not all(isinstance(s, str) and s for s in servers):
+        raise ValueError("servers must be a list of NATS URLs")
+    if not _BUCKET_RE.match(bucket):
+        raise ValueError(f"bucket must be 1-64 letters, digits, '-' or '_', not {bucket!r}")
+    if not 1 <= replicas <= 5:
+        raise ValueError(f"replicas must be between 1 and 5, not {replicas}")
+    return servers
 
 
 async def connect(

@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -27,14 +26,13 @@ from nats.js.kv import KeyValue
 
 from easyfaas.errors import PayloadTooLargeError, PlatformError
 from easyfaas.interfaces import AsyncQueue, QueuedCall
-from easyfaas_nats import REQUEST_TIMEOUT, connect, nats_errors, scan
+from easyfaas_nats import REQUEST_TIMEOUT, check_options, connect, nats_errors, scan
 
 __all__ = ["NatsQueue"]
 
 log = logging.getLogger(__name__)
 
 _Calls = list[QueuedCall]
-_BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: The durable pull consumer every node leases through.
 CONSUMER = "dispatch"
 #: How long ``lease`` waits for a first ticket when none is ready (a long poll: calls
@@ -102,15 +100,7 @@ class NatsQueue(AsyncQueue):
         ack_wait: float = 30.0, key_ttl: float = 86400.0, retention: float = 14 * 86400.0, connect_wait: float = 60.0,
     ) -> None:  # fmt: skip
         super().__init__(data_dir=data_dir)
-        if servers is None:
-            servers = ["nats://127.0.0.1:4222"]
-        self.servers = [servers] if isinstance(servers, str) else list(servers)
-        if not self.servers or not all(isinstance(s, str) and s for s in self.servers):
-            raise ValueError("servers must be a list of NATS URLs")
-        if not _BUCKET_RE.match(bucket):
-            raise ValueError(f"bucket must be 1-64 letters, digits, '-' or '_', not {bucket!r}")
-        if not 1 <= replicas <= 5:
-            raise ValueError(f"replicas must be between 1 and 5, not {replicas}")
+        self.servers = check_options(servers, bucket, replicas)
         if ack_wait < 0.5:
             raise ValueError("ack_wait must be at least 0.5 seconds")
         if key_ttl <= 0 or retention < 7 * 86400:

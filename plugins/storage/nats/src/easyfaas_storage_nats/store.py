@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -33,7 +32,7 @@ from easyfaas.errors import FunctionNotFoundError, PlatformError
 from easyfaas.interfaces import LATEST, ActivationArchive, CodeStore
 from easyfaas.models import NAME_RE, Alias, FunctionSpec, FunctionVersion
 from easyfaas.packaging import unpack
-from easyfaas_nats import REQUEST_TIMEOUT, connect, nats_errors, next_update, scan, stop_watcher
+from easyfaas_nats import REQUEST_TIMEOUT, check_options, connect, nats_errors, next_update, scan, stop_watcher
 from easyfaas_storage_nats.archive import NatsActivationArchive
 
 __all__ = ["NatsStore"]
@@ -42,7 +41,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _Versions = list[FunctionVersion]  # method ``list`` shadows the builtin inside the class
-_BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: Code packages unpacked at once when a node first lists many functions.
 DOWNLOADS = 8
 #: A full resynchronisation of ``watch`` this often, in case an update was missed anyway.
@@ -77,15 +75,7 @@ class NatsStore(CodeStore):
         connect_wait: float = 60.0, activation_ttl: float = ACTIVATION_TTL,
     ) -> None:  # fmt: skip
         super().__init__(data_dir=data_dir)
-        if servers is None:
-            servers = ["nats://127.0.0.1:4222"]
-        self.servers = [servers] if isinstance(servers, str) else list(servers)
-        if not self.servers or not all(isinstance(s, str) and s for s in self.servers):
-            raise ValueError("servers must be a list of NATS URLs")
-        if not _BUCKET_RE.match(bucket):
-            raise ValueError(f"bucket must be 1-64 letters, digits, '-' or '_', not {bucket!r}")
-        if not 1 <= replicas <= 5:
-            raise ValueError(f"replicas must be between 1 and 5, not {replicas}")
+        self.servers = check_options(servers, bucket, replicas)
         if isinstance(activation_ttl, bool) or not isinstance(activation_ttl, int | float) or not activation_ttl >= 1:
             raise ValueError(f"activation_ttl must be a number of seconds, at least 1, not {activation_ttl!r}")
         self.bucket = bucket
